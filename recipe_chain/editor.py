@@ -1,0 +1,359 @@
+"""``RecipeEditor``: the trainable half of RECIPE in one module, plus its checkpoint format.
+
+It bundles the knowledge encoder (backbone + knowledge head + query head), the
+Knowledge Sentinel and the prompt encoder, and offers the inference API the store
+and the LangChain components use:
+
+* :meth:`RecipeEditor.encode_statements` / :meth:`RecipeEditor.encode_queries`
+  (asymmetric encoding, like ``encode_document``/``encode_query``),
+* :meth:`RecipeEditor.sentinel_key`,
+* :meth:`RecipeEditor.prompt_vectors`,
+* :meth:`RecipeEditor.similarity` (``q·k/√d``, as in the paper).
+
+A checkpoint directory holds ``config.json`` (a :class:`RecipeConfig`) and
+``model.safetensors`` with the trained tensors only: heads, sentinel, prompt encoder
+and the backbone's LoRA adapters. The backbone's base weights are referenced by
+``backbone_id`` (the packaged default, or a local path). With
+``backbone_tuning="full"`` the whole backbone is saved inside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from recipe_chain.config import CHECKPOINT_FORMAT_VERSION, RecipeConfig
+from recipe_chain.encoder import KnowledgeEncoder
+from recipe_chain.errors import CheckpointMismatchError
+from recipe_chain.loading import DEFAULT_ENCODER_ID, llm_id_of, load_default_encoder, load_encoder
+from recipe_chain.lora import apply_lora
+from recipe_chain.prompt_encoder import PromptEncoder
+from recipe_chain.sentinel import KnowledgeSentinel
+
+__all__ = ["RecipeEditor", "statement_of", "scaled_dot"]
+
+logger = logging.getLogger(__name__)
+
+_CONFIG_FILE = "config.json"
+_WEIGHTS_FILE = "model.safetensors"
+_BACKBONE_DIR = "backbone"
+_SENTINEL_INIT_TEXT = "no relevant knowledge"
+
+
+def statement_of(prompt: str, target_new: str) -> str:
+    """The knowledge statement of an edit: ``"<prompt> <target_new>"``."""
+    return f"{prompt.rstrip()} {target_new.strip()}"
+
+
+def scaled_dot(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """RECIPE similarity ``q·k/√d``: ``(Q, d) x (K, d) -> (Q, K)``."""
+    return queries @ keys.T / math.sqrt(queries.shape[-1])
+
+
+class RecipeEditor(nn.Module):
+    """Knowledge encoder + Knowledge Sentinel + prompt encoder.
+
+    Build a fresh (untrained) editor with :meth:`from_backbone`, or load a trained one
+    with :meth:`from_pretrained`.
+
+    Example:
+        >>> from recipe_chain import RecipeEditor, load_default_llm
+        >>> llm, _ = load_default_llm()  # doctest: +SKIP
+        >>> editor = RecipeEditor.from_pretrained("ckpt/", llm=llm)  # doctest: +SKIP
+        >>> keys = editor.encode_statements(["The capital of France is Rome"])  # doctest: +SKIP
+        >>> editor.prompt_vectors(keys).shape  # doctest: +SKIP
+        torch.Size([1, 3, 576])
+    """
+
+    def __init__(self, config: RecipeConfig, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        if backbone.config.hidden_size != config.backbone_hidden_size:
+            raise CheckpointMismatchError(
+                f"Backbone hidden size {backbone.config.hidden_size} != config.backbone_hidden_size "
+                f"{config.backbone_hidden_size} (backbone {config.backbone_id!r})"
+            )
+        self.config = config
+        if config.backbone_tuning == "lora":
+            backbone.requires_grad_(False)
+            wrapped = apply_lora(backbone, config.lora_targets, config.lora_rank, config.lora_alpha)
+            if not wrapped:
+                raise ValueError(f"No backbone nn.Linear named any of {config.lora_targets} to adapt with LoRA")
+        elif config.backbone_tuning == "frozen":
+            backbone.requires_grad_(False)
+        self.encoder = KnowledgeEncoder(
+            backbone,
+            tokenizer,
+            rep_dim=config.rep_dim,
+            head_hidden_dim=config.head_hidden_dim,
+            head_blocks=config.head_blocks,
+            max_length=config.max_length,
+        )
+        self.sentinel = KnowledgeSentinel.from_text(self.encoder, _SENTINEL_INIT_TEXT, config.sentinel_len)
+        self.prompt_encoder = PromptEncoder(
+            config.rep_dim, config.llm_hidden_size, config.prompt_len, config.prompt_hidden_dim, config.prompt_init_std
+        )
+        self._fingerprint: str | None = None
+        self.eval()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(
+        cls,
+        llm: PreTrainedModel,
+        backbone: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        backbone_id: str | None = None,
+        seed: int | None = 0,
+        **config_kwargs: object,
+    ) -> "RecipeEditor":
+        """A fresh, randomly initialised editor for ``llm``.
+
+        Args:
+            llm: The frozen causal LM the prompt vectors will be prefixed to.
+            backbone: Retriever backbone; defaults to the packaged all-MiniLM-L6-v2.
+            tokenizer: The backbone's tokenizer (required with ``backbone``).
+            backbone_id: Identity to record; required for a custom backbone unless the
+                backbone came from a local directory (then its path is used).
+            seed: Seed for the new heads' initialisation (``None`` keeps the global RNG).
+            **config_kwargs: Overrides of :class:`RecipeConfig` fields.
+        """
+        if backbone is None:
+            backbone, tokenizer = load_default_encoder()
+            backbone_id = backbone_id or DEFAULT_ENCODER_ID
+        if tokenizer is None:
+            raise ValueError("Pass the backbone's tokenizer together with the backbone")
+        backbone_id = backbone_id or getattr(backbone.config, "recipe_chain_backbone_id", None) or getattr(
+            backbone.config, "_name_or_path", ""
+        )
+        if not backbone_id:
+            raise ValueError("Pass backbone_id= to identify a custom backbone in checkpoints")
+        emb = llm.get_input_embeddings()
+        with torch.no_grad():
+            sample = emb(torch.arange(min(4096, emb.num_embeddings), device=emb.weight.device))
+        config_kwargs.setdefault("prompt_init_std", float(sample.float().std()))
+        config = RecipeConfig(
+            backbone_id=backbone_id,
+            backbone_hidden_size=backbone.config.hidden_size,
+            llm_id=llm_id_of(llm),
+            llm_hidden_size=emb.embedding_dim,
+            **config_kwargs,  # type: ignore[arg-type]
+        )
+        if seed is None:
+            return cls(config, backbone, tokenizer)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(config, backbone, tokenizer)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        llm: PreTrainedModel | None = None,
+        backbone: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> "RecipeEditor":
+        """Load a checkpoint written by :meth:`save_pretrained`.
+
+        Args:
+            path: Checkpoint directory.
+            llm: If given, checked against the checkpoint's LLM id and hidden size.
+            backbone: The base backbone, when ``backbone_id`` is neither the packaged
+                default nor a local directory.
+            tokenizer: Its tokenizer.
+
+        Raises:
+            FileNotFoundError: If the directory has no checkpoint.
+            CheckpointMismatchError: If ``llm`` differs from the one it was trained for,
+                or the format version is unknown.
+        """
+        path = Path(path)
+        config_file = path / _CONFIG_FILE
+        if not config_file.is_file():
+            raise FileNotFoundError(f"No RECIPE checkpoint at {path} (missing {_CONFIG_FILE})")
+        raw = json.loads(config_file.read_text())
+        raw.pop("fingerprint", None)
+        config = RecipeConfig.model_validate(raw)
+        if config.format_version != CHECKPOINT_FORMAT_VERSION:
+            raise CheckpointMismatchError(
+                f"Checkpoint format {config.format_version} at {path}; this version of recipe-chain "
+                f"reads format {CHECKPOINT_FORMAT_VERSION}"
+            )
+        if llm is not None:
+            check_llm_matches(config, llm, where=str(path))
+        if backbone is None:
+            backbone, tokenizer = _resolve_backbone(config, path)
+        elif tokenizer is None:
+            raise ValueError("Pass the backbone's tokenizer together with the backbone")
+        editor = cls(config, backbone, tokenizer)
+        state = load_file(str(path / _WEIGHTS_FILE))
+        missing, unexpected = editor.load_state_dict(state, strict=False)
+        expected = set(editor.trainable_state_dict())
+        really_missing = sorted(expected.intersection(missing))
+        if really_missing or unexpected:
+            raise CheckpointMismatchError(
+                f"Checkpoint {path} does not fit this editor: missing {really_missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        editor.eval()
+        return editor
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint stores (everything except a frozen/LoRA'd backbone's base)."""
+        state = self.state_dict()
+        if self.config.backbone_tuning == "full":
+            return state
+        prefix = "encoder.backbone."
+        return {
+            k: v for k, v in state.items() if not k.startswith(prefix) or k.endswith(("lora_a", "lora_b"))
+        }
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` atomically (temp dir, then rename).
+
+        Returns:
+            The checkpoint directory.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            tensors = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+            save_file(tensors, str(tmp / _WEIGHTS_FILE), metadata={"format": "pt"})
+            self._fingerprint = _hash_tensors(tensors, self.config)
+            config = self.config.model_dump(mode="json") | {"fingerprint": self._fingerprint}
+            (tmp / _CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+            if self.config.backbone_tuning == "full":
+                self.encoder.backbone.save_pretrained(tmp / _BACKBONE_DIR)
+                self.encoder.tokenizer.save_pretrained(tmp / _BACKBONE_DIR)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the config and the trained tensors; stores record it."""
+        if self._fingerprint is None:
+            tensors = {k: v.detach().cpu() for k, v in self.trainable_state_dict().items()}
+            self._fingerprint = _hash_tensors(tensors, self.config)
+        return self._fingerprint
+
+    def invalidate_fingerprint(self) -> None:
+        """Forget the cached fingerprint (call after changing weights, e.g. in training)."""
+        self._fingerprint = None
+
+    # ------------------------------------------------------------------ inference API
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
+
+    @torch.no_grad()
+    def encode_statements(self, statements: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Keys of knowledge statements through the knowledge head.
+
+        Args:
+            statements: Texts such as ``"The mother tongue of Danielle Darrieux is English"``.
+            batch_size: Texts per backbone forward pass.
+
+        Returns:
+            ``(N, rep_dim)`` float32 keys.
+        """
+        return self._encode(statements, batch_size, self.encoder.encode_statement_batch)
+
+    @torch.no_grad()
+    def encode_queries(self, queries: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Query representations through the query head: ``(N, rep_dim)``."""
+        return self._encode(queries, batch_size, self.encoder.encode_query_batch)
+
+    def _encode(self, texts: Sequence[str], batch_size: int, fn) -> torch.Tensor:  # noqa: ANN001
+        texts = _check_texts(texts)
+        was_training = self.training
+        self.eval()
+        try:
+            parts = [fn(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(parts).float()
+
+    @torch.no_grad()
+    def sentinel_key(self) -> torch.Tensor:
+        """``(rep_dim,)``: the Knowledge Sentinel's representation."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.sentinel(self.encoder).float()
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def prompt_vectors(self, keys: torch.Tensor) -> torch.Tensor:
+        """``(N, rep_dim) -> (N, prompt_len, llm_hidden_size)`` continuous prompt vectors."""
+        if keys.dim() != 2 or keys.shape[-1] != self.config.rep_dim:
+            raise ValueError(f"keys must have shape (N, {self.config.rep_dim}); got {tuple(keys.shape)}")
+        return self.prompt_encoder(keys.to(self.device, torch.float32))
+
+    @staticmethod
+    def similarity(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """RECIPE similarity ``q·k/√d``: ``(Q, d) x (K, d) -> (Q, K)``."""
+        return scaled_dot(queries, keys)
+
+
+def check_llm_matches(config: RecipeConfig, llm: PreTrainedModel, where: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointMismatchError` if ``llm`` is not the LLM ``config`` was built for."""
+    llm_id = llm_id_of(llm)
+    hidden = llm.get_input_embeddings().embedding_dim
+    if llm_id != config.llm_id or hidden != config.llm_hidden_size:
+        raise CheckpointMismatchError(
+            f"The RECIPE {where} was trained for LLM {config.llm_id!r} (hidden size "
+            f"{config.llm_hidden_size}), but was given {llm_id!r} (hidden size {hidden}). "
+            "Train a checkpoint for this LLM with `recipe-chain train --llm ...`."
+        )
+
+
+def _resolve_backbone(config: RecipeConfig, path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if config.backbone_tuning == "full":
+        return load_encoder(path / _BACKBONE_DIR)
+    if config.backbone_id == DEFAULT_ENCODER_ID:
+        return load_default_encoder()
+    if Path(config.backbone_id).is_dir():
+        return load_encoder(config.backbone_id)
+    raise CheckpointMismatchError(
+        f"Checkpoint {path} needs backbone {config.backbone_id!r}, which is neither the packaged default "
+        "nor a local directory; pass backbone= and tokenizer= to from_pretrained()."
+    )
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("Expected a sequence of strings, got a single str; wrap it in a list")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("Expected at least one text, got an empty batch")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"Text {i} is {type(t).__name__}, expected str")
+    return texts
+
+
+def _hash_tensors(tensors: dict[str, torch.Tensor], config: RecipeConfig) -> str:
+    digest = hashlib.sha256(config.model_dump_json().encode())
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].float().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,54 @@
+"""A minimal low-rank adaptation (LoRA) of ``nn.Linear`` layers, for the retriever backbone.
+
+The base weight stays frozen; only ``lora_a``/``lora_b`` train, so a checkpoint holds a
+few hundred kB for the backbone instead of the whole model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["LoRALinear", "apply_lora", "lora_state_dict"]
+
+
+class LoRALinear(nn.Module):
+    """``y = base(x) + (alpha / r) * x @ A^T @ B^T`` with ``B`` initialised to zero."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)
+        self.scaling = alpha / rank
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))  # (r, in)
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))  # (out, r)
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
+        return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scaling  # (..., out)
+
+
+def apply_lora(module: nn.Module, targets: tuple[str, ...], rank: int, alpha: float) -> list[str]:
+    """Replace every ``nn.Linear`` whose attribute name is in ``targets`` with a LoRALinear.
+
+    Returns:
+        The qualified names of the wrapped layers.
+    """
+    wrapped: list[str] = []
+    for parent_name, parent in list(module.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if child_name in targets and isinstance(child, nn.Linear):
+                setattr(parent, child_name, LoRALinear(child, rank, alpha))
+                wrapped.append(f"{parent_name}.{child_name}".lstrip("."))
+    return wrapped
+
+
+def lora_state_dict(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Only the LoRA parameters of ``module``."""
+    return {
+        f"{prefix}{name}": param
+        for name, param in module.named_parameters()
+        if name.endswith("lora_a") or name.endswith("lora_b")
+    }
