@@ -1,0 +1,165 @@
+"""RECIPE networks and their checkpoint format, on tiny random models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recipe_chain import CheckpointMismatchError, RecipeConfig, RecipeEditor, statement_of
+from recipe_chain.encoder import pool_features
+from tiny_models import tiny_backbone, tiny_causal_lm
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return tiny_causal_lm("llama")[0]
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    return tiny_backbone(tmp_path_factory.mktemp("backbone"))
+
+
+def make_editor(llm, backbone, **kwargs) -> RecipeEditor:
+    model, tokenizer, path = backbone
+    # a fresh copy of the backbone per editor: LoRA wraps layers in place
+    fresh = type(model).from_pretrained(path)
+    return RecipeEditor.from_backbone(llm, fresh, tokenizer, backbone_id=str(path), rep_dim=16,
+                                      head_hidden_dim=32, prompt_hidden_dim=32, **kwargs)
+
+
+def test_shapes_and_similarity(llm, backbone) -> None:
+    editor = make_editor(llm, backbone)
+    keys = editor.encode_statements(["The capital of France is Rome", "a b c"])
+    queries = editor.encode_queries(["What is the capital of France?"])
+    assert keys.shape == (2, 16) and queries.shape == (1, 16)
+    assert editor.sentinel_key().shape == (16,)
+    vectors = editor.prompt_vectors(keys)
+    assert vectors.shape == (2, 3, llm.config.hidden_size)
+    sim = editor.similarity(queries, keys)
+    torch.testing.assert_close(sim, queries @ keys.T / math.sqrt(16))
+    # knowledge and query heads are different functions of the same text
+    assert not torch.allclose(editor.encode_statements(["x y"]), editor.encode_queries(["x y"]))
+
+
+def test_prompt_vectors_start_at_llm_embedding_scale(llm, backbone) -> None:
+    editor = make_editor(llm, backbone)
+    keys = editor.encode_statements([f"statement number {i}" for i in range(8)])
+    std = float(editor.prompt_vectors(keys).std())
+    target = editor.config.prompt_init_std
+    assert target / 4 < std < target * 4
+
+
+def test_pool_features_ignores_padding() -> None:
+    hidden = torch.tensor([[[1.0], [3.0], [100.0]]])  # (1, 3, 1), last token is padding
+    mask = torch.tensor([[1, 1, 0]])
+    feats = pool_features(hidden, mask)
+    assert feats.tolist() == [[1.0, 2.0, 3.0, 1.0]]  # first, mean, max, min
+
+
+def test_checkpoint_round_trip_is_bit_exact(llm, backbone, tmp_path) -> None:
+    editor = make_editor(llm, backbone, seed=7)
+    with torch.no_grad():  # make the LoRA deltas non-zero so they are really saved and restored
+        for name, p in editor.named_parameters():
+            if name.endswith("lora_b"):
+                p.normal_(std=0.1)
+    editor.invalidate_fingerprint()
+    editor.save_pretrained(tmp_path / "ckpt")
+    loaded = RecipeEditor.from_pretrained(tmp_path / "ckpt", llm=llm)
+    assert loaded.config == editor.config
+    for name, tensor in editor.trainable_state_dict().items():
+        assert torch.equal(tensor, loaded.trainable_state_dict()[name]), name
+    texts = ["The capital of France is Rome"]
+    assert torch.equal(editor.encode_statements(texts), loaded.encode_statements(texts))
+    assert torch.equal(editor.sentinel_key(), loaded.sentinel_key())
+    assert loaded.fingerprint == editor.fingerprint
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    for key in ("backbone_id", "llm_id", "llm_hidden_size", "prompt_len", "format_version", "fingerprint"):
+        assert key in config
+    # only trained tensors are stored: no frozen backbone base weights
+    stored = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert not any(k.startswith("encoder.backbone.") and "lora" not in k for k in stored)
+    assert any("lora_a" in k for k in stored)
+
+
+def test_full_backbone_tuning_saves_backbone(llm, backbone, tmp_path) -> None:
+    editor = make_editor(llm, backbone, backbone_tuning="full")
+    editor.save_pretrained(tmp_path / "full")
+    assert (tmp_path / "full" / "backbone" / "config.json").is_file()
+    loaded = RecipeEditor.from_pretrained(tmp_path / "full")
+    assert torch.equal(editor.encode_queries(["q"]), loaded.encode_queries(["q"]))
+
+
+def test_fingerprint_tracks_weights(llm, backbone) -> None:
+    editor = make_editor(llm, backbone)
+    before = editor.fingerprint
+    with torch.no_grad():
+        editor.prompt_encoder.net[-1].bias.add_(1.0)
+    assert editor.fingerprint == before  # cached until invalidated
+    editor.invalidate_fingerprint()
+    assert editor.fingerprint != before
+
+
+def test_mismatched_llm_raises_naming_both(llm, backbone, tmp_path) -> None:
+    editor = make_editor(llm, backbone)
+    editor.save_pretrained(tmp_path / "ckpt")
+    other_width = tiny_causal_lm("llama", hidden=48)[0]
+    other_width.config.recipe_chain_llm_id = llm.config.recipe_chain_llm_id
+    with pytest.raises(CheckpointMismatchError, match="hidden size 32.*hidden size 48"):
+        RecipeEditor.from_pretrained(tmp_path / "ckpt", llm=other_width)
+    other_id = tiny_causal_lm("qwen2")[0]
+    with pytest.raises(CheckpointMismatchError, match="tiny-llama.*tiny-qwen2"):
+        RecipeEditor.from_pretrained(tmp_path / "ckpt", llm=other_id)
+
+
+def test_missing_checkpoint_and_unknown_format(llm, backbone, tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="No RECIPE checkpoint"):
+        RecipeEditor.from_pretrained(tmp_path / "nothing")
+    editor = make_editor(llm, backbone)
+    editor.save_pretrained(tmp_path / "ckpt")
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    cfg["format_version"] = 99
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointMismatchError, match="format 99"):
+        RecipeEditor.from_pretrained(tmp_path / "ckpt")
+
+
+def test_save_is_atomic_on_failure(llm, backbone, tmp_path, monkeypatch) -> None:
+    editor = make_editor(llm, backbone)
+    editor.save_pretrained(tmp_path / "ckpt")
+    before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    import recipe_chain.editor as editor_module
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(editor_module, "save_file", boom)
+    with pytest.raises(OSError):
+        editor.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_bad_text_input(llm, backbone) -> None:
+    editor = make_editor(llm, backbone, max_length=8)
+    with pytest.raises(ValueError, match="at most 8"):
+        editor.encode_statements(["one two three four five six seven eight nine ten"])
+    with pytest.raises(ValueError, match="empty batch"):
+        editor.encode_queries([])
+    with pytest.raises(TypeError, match="expected str"):
+        editor.encode_queries([1])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"shape \(N, 16\)"):
+        editor.prompt_vectors(torch.zeros(3))
+
+
+def test_statement_of() -> None:
+    assert statement_of("The mother tongue of X is ", " English") == "The mother tongue of X is English"
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        RecipeConfig(backbone_id="b", backbone_hidden_size=0, llm_id="l", llm_hidden_size=8)
