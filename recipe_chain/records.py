@@ -1,0 +1,113 @@
+"""Public data types of the knowledge store: edits, scored candidates and gate decisions.
+
+They are re-exported by :mod:`recipe_chain.store`; import them from there.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ScalarMeta", "EditRecord", "GateCandidate", "GateResult"]
+
+ScalarMeta = str | int | float | bool
+"""A user metadata value: Chroma stores scalars only."""
+
+
+class EditRecord(BaseModel):
+    """One stored edit, as the knowledge store returns it.
+
+    Attributes:
+        edit_id: The edit's id, unique within its namespace.
+        namespace: The knowledge base the edit lives in.
+        prompt: The edit prompt, e.g. ``"The mother tongue of Danielle Darrieux is"``.
+        target_new: The new target, e.g. ``"English"``.
+        subject: The edited subject, when known.
+        statement: ``statement_of(prompt, target_new)``: the text the key encodes.
+        created_at: When the edit was added, ISO-8601 in UTC.
+        metadata: The user's own metadata (scalars only).
+        active: ``False`` once a newer edit of the same fact superseded this one.
+        superseded_by: The id of the edit that superseded this one.
+        previous_targets: Older targets of the same fact, oldest first.
+        encoder_fingerprint: Fingerprint of the editor that computed the stored key.
+
+    Example:
+        >>> record = store.add_edit("The mother tongue of Danielle Darrieux is", "English")  # doctest: +SKIP
+        >>> record.statement  # doctest: +SKIP
+        'The mother tongue of Danielle Darrieux is English'
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    edit_id: str
+    namespace: str
+    prompt: str
+    target_new: str
+    subject: str | None = None
+    statement: str
+    created_at: str
+    metadata: dict[str, ScalarMeta] = Field(default_factory=dict)
+    active: bool = True
+    superseded_by: str | None = None
+    previous_targets: list[str] = Field(default_factory=list)
+    encoder_fingerprint: str
+
+
+class GateCandidate(BaseModel):
+    """A retrieved edit with its exact similarity to the query.
+
+    Attributes:
+        record: The edit.
+        similarity: ``q·k/√d`` between the query representation and the edit's stored
+            key, computed exactly on the client (not Chroma's approximate distance).
+
+    Example:
+        >>> best = store.query("What language does Danielle Darrieux speak?", k=1)[0]  # doctest: +SKIP
+        >>> best.record.target_new, round(best.similarity, 3)  # doctest: +SKIP
+        ('English', 4.217)
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    record: EditRecord
+    similarity: float
+
+
+class GateResult(BaseModel):
+    """The Knowledge Sentinel's decision for one query.
+
+    The best candidate is admitted iff ``hit_similarity > sentinel_similarity + margin``
+    (or unconditionally when ``gated`` is ``False``).
+
+    Attributes:
+        query: The gated text.
+        hit: The admitted edit, or ``None``: then the LLM runs untouched.
+        hit_similarity: Exact similarity of the best candidate, also when it was
+            rejected; ``None`` when the store holds no active edit.
+        sentinel_similarity: Exact ``sim(query, sentinel)``.
+        margin: The extra margin that was applied.
+        gated: ``False`` when the gate was disabled (ablation: the top-1 is always used).
+        candidates: The re-scored top candidates, best first.
+        prompt_vectors: ``(P, D)`` prompt vectors of ``hit``, ``None`` without a hit.
+
+    Example:
+        >>> result = store.gate("What is the mother tongue of Danielle Darrieux?")  # doctest: +SKIP
+        >>> result.fired, result.hit.target_new  # doctest: +SKIP
+        (True, 'English')
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    query: str
+    hit: EditRecord | None
+    hit_similarity: float | None
+    sentinel_similarity: float
+    margin: float
+    gated: bool
+    candidates: list[GateCandidate]
+    prompt_vectors: torch.Tensor | None
+
+    @property
+    def fired(self) -> bool:
+        """Whether an edit was admitted."""
+        return self.hit is not None

@@ -1,0 +1,1365 @@
+"""The RECIPE knowledge repository: edits in Chroma, gated by the Knowledge Sentinel.
+
+:class:`RecipeKnowledgeStore` keeps every edit as one Chroma record in the collection
+``f"{collection_prefix}__{namespace}"`` (one collection per namespace, so a query never
+sees another namespace's edits):
+
+* **embedding**: the edit's key, ``editor.encode_statements([statement])`` (float32), in a
+  collection whose HNSW space is inner product, the space of RECIPE's ``q·k/√d``;
+* **document**: the statement ``"<prompt> <target_new>"``;
+* **metadata**: ``edit_id``, ``namespace``, ``prompt``, ``prompt_norm`` (see below),
+  ``target_new``, ``subject`` (omitted when ``None``), ``created_at``, ``active``,
+  ``superseded_by`` (omitted when ``None``), ``previous_targets`` (a JSON list),
+  ``encoder_fingerprint``, and the user's metadata under ``user.<key>``.
+
+The collection's own metadata records the encoder fingerprint of the editor that wrote
+the keys. Opening it with another editor raises :class:`EncoderMismatchError`; the way
+out is :meth:`RecipeKnowledgeStore.open_for_reindex` followed by
+:meth:`RecipeKnowledgeStore.reindex`, which re-encodes every statement.
+
+**Prompt vectors** are not stored: they are derived from the stored key,
+``editor.prompt_vectors(key[None])[0]``. The key is stored as float32, exactly as the
+editor computed it, so after a reopen (in any process) the vectors are bit-identical.
+
+**The gate** (:meth:`RecipeKnowledgeStore.gate`): the query is encoded by the query
+head; Chroma returns the approximate top ``candidate_k`` active edits with their keys;
+the client re-scores them exactly (``q·k/√d``) and computes ``sim(q, sentinel)`` from
+``editor.sentinel_key()`` (cached per store; the sentinel never goes into Chroma). The
+best candidate is admitted iff ``best > sentinel + gate_margin``; with
+``use_gate=False`` the top-1 is always admitted (ablation).
+
+**Corrections.** Two edits are *the same fact* when their normalised prompts are equal
+(:func:`normalize_prompt`: Unicode case-folded, whitespace collapsed, stripped). Adding
+an edit of a fact that has an active edit *supersedes* it: the old edit stays stored with
+``active=False`` and ``superseded_by=<new id>``; the new edit gets
+``previous_targets = old.previous_targets + [old.target_new]``. Only active edits are
+gate candidates, so the LLM always gets the newest target. Deleting the newest edit
+re-activates the one it superseded (undo). :meth:`RecipeKnowledgeStore.update_edit`
+changes ``target_new`` in place: the id stays, the key is re-encoded and the old target
+is appended to ``previous_targets``.
+
+**Atomicity and crashes.** Each batch of :meth:`RecipeKnowledgeStore.add_edits` (new
+edits plus the edits they supersede) is one Chroma ``upsert`` call, so a crash leaves a
+prefix of whole batches. Every input is validated (types, blanks, metadata, ids,
+statement length) before the first batch is written, so bad input never leaves a
+partial import. A failed call leaves the store's content as it was.
+
+**Threads.** Writes (and the read-modify-write of a supersession) are serialised by a
+lock per store; gates and queries run concurrently. Writers in *different processes*
+on one namespace are not serialised against each other.
+
+**Text length.** Statements and queries longer than the encoder's ``max_length`` tokens
+raise ``ValueError`` (no silent truncation: it would drop the new target).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from recipe_chain.editor import RecipeEditor, statement_of
+from recipe_chain.errors import DuplicateEditError, EditNotFoundError, EncoderMismatchError, RecipeChainError
+from recipe_chain.gate import admits, rank, rescore, sentinel_similarity
+from recipe_chain.records import EditRecord, GateCandidate, GateResult, ScalarMeta
+
+if TYPE_CHECKING:
+    import chromadb.api
+
+    from recipe_chain.data import EditExample
+    from recipe_chain.retrievers import RecipeKnowledgeRetriever
+
+__all__ = [
+    "ScalarMeta",
+    "EditRecord",
+    "GateCandidate",
+    "GateResult",
+    "RecipeKnowledgeStore",
+    "normalize_prompt",
+    "collection_name",
+    "DEFAULT_STORE_PATH",
+    "USER_METADATA_PREFIX",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STORE_PATH = "./recipe-store"
+"""Where the embedded store lives when neither ``path``, ``client`` nor ``ephemeral`` is given."""
+
+USER_METADATA_PREFIX = "user."
+"""Chroma metadata keys of the user's own metadata start with this prefix."""
+
+SCHEMA_VERSION = 1
+
+# Collection-level metadata.
+_C_FINGERPRINT = "recipe_chain.encoder_fingerprint"
+_C_SCHEMA = "recipe_chain.schema"
+_C_NAMESPACE = "recipe_chain.namespace"
+_C_REP_DIM = "recipe_chain.rep_dim"
+_C_REINDEX_TARGET = "recipe_chain.reindex_target"  # set while an in-place reindex runs
+_C_REINDEX_COMPLETE = "recipe_chain.reindex_complete"  # set on a finished copy before the swap
+_REINDEX_SUFFIX = "__reindex"
+
+# Record-level metadata keys we own.
+_EDIT_ID = "edit_id"
+_NAMESPACE = "namespace"
+_PROMPT = "prompt"
+_PROMPT_NORM = "prompt_norm"
+_TARGET = "target_new"
+_SUBJECT = "subject"
+_CREATED = "created_at"
+_ACTIVE = "active"
+_SUPERSEDED_BY = "superseded_by"
+_PREVIOUS = "previous_targets"
+_FINGERPRINT = "encoder_fingerprint"
+
+# Record fields a ``list_edits(where=...)`` filter may name, and their metadata keys.
+_WHERE_FIELDS = {
+    "edit_id": _EDIT_ID,
+    "prompt": _PROMPT,
+    "prompt_norm": _PROMPT_NORM,
+    "target_new": _TARGET,
+    "subject": _SUBJECT,
+    "created_at": _CREATED,
+    "active": _ACTIVE,
+    "superseded_by": _SUPERSEDED_BY,
+    "encoder_fingerprint": _FINGERPRINT,
+}
+_WHERE_LOGICAL = ("$and", "$or")
+_EDIT_KEYS = frozenset({"prompt", "target_new", "subject", "metadata", "edit_id"})
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
+_MAX_NAME_LEN = 63
+_MAX_ID_LEN = 256
+_PROGRESS_THRESHOLD = 1000
+_SEARCH_WIDEN_ROUNDS = 3
+_PAGE = 5000
+
+
+def normalize_prompt(prompt: str) -> str:
+    """The correction key of a prompt: Unicode case-folded, whitespace collapsed, stripped.
+
+    Example:
+        >>> normalize_prompt("  The mother  tongue of\\tDanielle Darrieux IS ")
+        'the mother tongue of danielle darrieux is'
+    """
+    return " ".join(prompt.casefold().split())
+
+
+def _check_name(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    if not value or len(value) > _MAX_NAME_LEN or not _NAME_RE.match(value):
+        raise ValueError(
+            f"Invalid {what} {value!r}: use 1-{_MAX_NAME_LEN} letters or digits, optionally separated by "
+            "single '.', '_' or '-' (no leading, trailing or doubled separators)"
+        )
+    return value
+
+
+def collection_name(namespace: str, collection_prefix: str = "recipe") -> str:
+    """The Chroma collection of a namespace: ``f"{collection_prefix}__{namespace}"``.
+
+    Raises:
+        ValueError: If either name is invalid (a name never contains ``"__"``, so two
+            different ``(prefix, namespace)`` pairs never share a collection).
+    """
+    return f"{_check_name(collection_prefix, 'collection_prefix')}__{_check_name(namespace, 'namespace')}"
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _check_text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{what} must not be empty or whitespace")
+    return value
+
+
+def _check_edit_id(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"edit_id must be a str, got {type(value).__name__}")
+    if not value.strip() or value != value.strip() or len(value) > _MAX_ID_LEN:
+        raise ValueError(f"edit_id must be 1-{_MAX_ID_LEN} characters without surrounding whitespace, got {value!r}")
+    if any(ord(ch) < 32 for ch in value):
+        raise ValueError(f"edit_id must not contain control characters, got {value!r}")
+    return value
+
+
+def _check_metadata(metadata: object) -> dict[str, ScalarMeta]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping of str to scalars, got {type(metadata).__name__}")
+    out: dict[str, ScalarMeta] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise TypeError(f"metadata keys must be str, got {type(key).__name__} {key!r}")
+        if not key or key[0] in "$#":
+            raise ValueError(f"metadata key {key!r} must be non-empty and not start with '$' or '#'")
+        if not isinstance(value, (str, int, float, bool)):
+            raise TypeError(
+                f"metadata[{key!r}] is {type(value).__name__}; only str, int, float and bool values can be stored"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"metadata[{key!r}] must be a finite number, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise ValueError(f"metadata[{key!r}] does not fit in a 64-bit integer")
+        out[key] = value
+    return out
+
+
+@dataclass
+class _Pending:
+    """A validated edit waiting to be written."""
+
+    edit_id: str
+    explicit: bool
+    prompt: str
+    target_new: str
+    subject: str | None
+    metadata: dict[str, ScalarMeta]
+    statement: str
+    prompt_norm: str
+    chroma_meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Stored:
+    """A record read back from Chroma, with its key."""
+
+    edit_id: str
+    meta: dict[str, Any]
+    document: str
+    key: torch.Tensor | None  # (d,) float32
+
+
+class RecipeKnowledgeStore:
+    """Edits as keys in Chroma, with the Knowledge Sentinel gate.
+
+    Exactly one backend is used: ``client`` (any chromadb client, e.g. an ``HttpClient``
+    to a Chroma server, used as is), ``ephemeral=True`` (an in-memory
+    ``chromadb.EphemeralClient``; in one process all ephemeral clients share one
+    in-memory database, so use distinct namespaces or prefixes), or ``path`` (a
+    ``chromadb.PersistentClient``; the default when nothing is given is
+    :data:`DEFAULT_STORE_PATH`).
+
+    Args:
+        editor: The RECIPE editor whose knowledge head writes keys, whose query head
+            encodes queries, and whose sentinel and prompt encoder the gate uses.
+        path: Directory of the embedded (persistent) store.
+        client: A chromadb client to use instead of creating one.
+        namespace: The knowledge base; each namespace is its own Chroma collection.
+        collection_prefix: Prefix of the collection names.
+        ephemeral: Keep the store in memory.
+        use_gate: ``False`` disables the sentinel (always admit the top-1; ablation).
+        gate_margin: Extra margin the best candidate must beat the sentinel by.
+        candidate_k: How many approximate candidates the gate re-scores exactly.
+        allow_reindex: Open a store written by another encoder without raising; every
+            operation that needs keys then raises until :meth:`reindex` is called.
+            :meth:`open_for_reindex` is the same with a clearer name.
+
+    Raises:
+        EncoderMismatchError: If the namespace was written by an editor with another
+            fingerprint (and ``allow_reindex`` is false).
+        ValueError: For an invalid namespace, prefix or option, or more than one backend.
+
+    Example:
+        >>> from recipe_chain.store import RecipeKnowledgeStore
+        >>> store = RecipeKnowledgeStore(editor, path="./recipe-store")  # doctest: +SKIP
+        >>> store.add_edit("The mother tongue of Danielle Darrieux is", "English")  # doctest: +SKIP
+        >>> result = store.gate("What is the mother tongue of Danielle Darrieux?")  # doctest: +SKIP
+        >>> result.fired, result.prompt_vectors.shape  # doctest: +SKIP
+        (True, torch.Size([3, 576]))
+    """
+
+    def __init__(
+        self,
+        editor: RecipeEditor,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        client: chromadb.api.ClientAPI | None = None,
+        namespace: str = "default",
+        collection_prefix: str = "recipe",
+        ephemeral: bool = False,
+        use_gate: bool = True,
+        gate_margin: float = 0.0,
+        candidate_k: int = 8,
+        allow_reindex: bool = False,
+    ) -> None:
+        if not isinstance(editor, RecipeEditor):
+            raise TypeError(f"editor must be a RecipeEditor, got {type(editor).__name__}")
+        self._name = collection_name(namespace, collection_prefix)
+        self.namespace = namespace
+        self.collection_prefix = collection_prefix
+        if sum(x is not None and x is not False for x in (path, client, ephemeral or None)) > 1:
+            raise ValueError("Pass at most one of path=, client= and ephemeral=True")
+        if not isinstance(use_gate, bool):
+            raise TypeError(f"use_gate must be a bool, got {type(use_gate).__name__}")
+        if isinstance(gate_margin, bool) or not isinstance(gate_margin, (int, float)) or not math.isfinite(gate_margin):
+            raise ValueError(f"gate_margin must be a finite number, got {gate_margin!r}")
+        if isinstance(candidate_k, bool) or not isinstance(candidate_k, int) or candidate_k < 1:
+            raise ValueError(f"candidate_k must be a positive int, got {candidate_k!r}")
+        self.editor = editor
+        self.use_gate = use_gate
+        self.gate_margin = float(gate_margin)
+        self.candidate_k = candidate_k
+        self._lock = threading.RLock()  # serialises writes and supersession read-modify-writes
+        # Serialises encoder calls: a fast tokenizer must not be used by two threads at once.
+        self._encode_lock = threading.Lock()
+        self._closed = False
+        self._sentinel_cache: tuple[str, torch.Tensor] | None = None
+        self._stale = False
+
+        import chromadb  # imported here: no import-time side effects for users who never open a store
+
+        self._owns_client = client is None
+        self.path: Path | None = None
+        if client is not None:
+            self._client = client
+            self.identity = _client_identity(client, self._name)
+        elif ephemeral:
+            self._client = chromadb.EphemeralClient()
+            self.identity = f"chroma:ephemeral#{self._identity_suffix()}"
+        else:
+            resolved = Path(path if path is not None else DEFAULT_STORE_PATH).expanduser().resolve()
+            self.path = resolved
+            self._client = chromadb.PersistentClient(path=str(resolved))
+            self.identity = f"chroma:persistent:{resolved}#{self._identity_suffix()}"
+        try:
+            self._collection = self._open_collection(allow_reindex)
+        except BaseException:
+            self._release_client()
+            raise
+        logger.debug("Opened knowledge store %s (%s)", self.identity, self._name)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open_for_reindex(cls, editor: RecipeEditor, **kwargs: Any) -> RecipeKnowledgeStore:
+        """Open a store written by another encoder, to :meth:`reindex` it.
+
+        Args:
+            editor: The new editor (usually also the one passed to :meth:`reindex`).
+            **kwargs: The constructor's keyword arguments (``path``, ``client``, ...).
+
+        Returns:
+            The store; until :meth:`reindex` runs, :attr:`needs_reindex` is true and
+            gating, querying and writing raise :class:`EncoderMismatchError`, while
+            :meth:`get_edit`, :meth:`list_edits`, :meth:`count`, deletions and
+            :meth:`clear` work.
+
+        Example:
+            >>> store = RecipeKnowledgeStore.open_for_reindex(new_editor, path="./recipe-store")  # doctest: +SKIP
+            >>> store.reindex(new_editor)  # doctest: +SKIP
+        """
+        kwargs["allow_reindex"] = True
+        return cls(editor, **kwargs)
+
+    def _identity_suffix(self) -> str:
+        return self.namespace if self.collection_prefix == "recipe" else f"{self.collection_prefix}/{self.namespace}"
+
+    def _collection_metadata(self, fingerprint: str, rep_dim: int) -> dict[str, Any]:
+        return {
+            _C_FINGERPRINT: fingerprint,
+            _C_SCHEMA: SCHEMA_VERSION,
+            _C_NAMESPACE: self.namespace,
+            _C_REP_DIM: rep_dim,
+        }
+
+    def _create_collection(self, name: str, metadata: dict[str, Any]) -> Any:
+        from chromadb.errors import ChromaError
+
+        try:
+            return self._client.create_collection(
+                name, configuration={"hnsw": {"space": "ip"}}, metadata=metadata, embedding_function=None
+            )
+        except ChromaError as exc:
+            if "already exists" not in str(exc):
+                raise
+            return self._client.get_collection(name, embedding_function=None)  # created concurrently
+
+    def _get_collection(self, name: str) -> Any | None:
+        from chromadb.errors import NotFoundError
+
+        try:
+            return self._client.get_collection(name, embedding_function=None)
+        except NotFoundError:
+            return None
+
+    def _open_collection(self, allow_reindex: bool) -> Any:
+        current = self.editor.fingerprint
+        rep_dim = self.editor.config.rep_dim
+        collection = self._get_collection(self._name)
+        if collection is None:
+            collection = self._recover_swap()
+        if collection is None:
+            collection = self._create_collection(self._name, self._collection_metadata(current, rep_dim))
+        meta = dict(collection.metadata or {})
+        space = (collection.configuration or {}).get("hnsw", {}) or {}
+        if space.get("space", "ip") != "ip":
+            raise RecipeChainError(
+                f"Chroma collection {self._name!r} uses distance space {space.get('space')!r}; a RECIPE store "
+                "needs inner product ('ip'). It was not created by recipe-chain."
+            )
+        stored = meta.get(_C_FINGERPRINT)
+        pending = meta.get(_C_REINDEX_TARGET)
+        if stored is None:
+            if collection.count():
+                raise RecipeChainError(
+                    f"Chroma collection {self._name!r} holds records but no recipe-chain metadata; "
+                    "it was not created by recipe-chain. Use another namespace or collection_prefix."
+                )
+            stored = current
+            collection.modify(metadata=self._collection_metadata(current, rep_dim))
+        self._fingerprint = str(stored)
+        if stored == current and not pending:
+            return collection
+        if not pending and collection.count() == 0:
+            logger.info("Empty store %s adopts encoder fingerprint %s (was %s)", self.identity, current, stored)
+            if meta.get(_C_REP_DIM) not in (None, rep_dim):
+                self._client.delete_collection(self._name)
+                collection = self._create_collection(self._name, self._collection_metadata(current, rep_dim))
+            else:
+                collection.modify(metadata=self._collection_metadata(current, rep_dim))
+            self._fingerprint = current
+            return collection
+        if not allow_reindex:
+            raise EncoderMismatchError(self._mismatch_message(str(stored), current, pending))
+        logger.warning("Store %s needs a reindex: %s", self.identity, self._mismatch_message(str(stored), current, pending))
+        self._stale = True
+        return collection
+
+    def _recover_swap(self) -> Any | None:
+        """Finish a dimension-changing reindex that was interrupted between delete and rename."""
+        copy = self._get_collection(self._name + _REINDEX_SUFFIX)
+        if copy is None or not (copy.metadata or {}).get(_C_REINDEX_COMPLETE):
+            return None
+        logger.warning("Completing an interrupted reindex of %s", self.identity)
+        self._swap_in(copy)
+        return self._collection
+
+    def _mismatch_message(self, stored: str, current: str, pending: object = None) -> str:
+        how = (
+            "Open it with the editor that wrote it, or re-encode every edit for the new editor:\n"
+            "    store = RecipeKnowledgeStore.open_for_reindex(new_editor, ...)  # same path/client/namespace\n"
+            "    store.reindex(new_editor)"
+        )
+        if pending:
+            return (
+                f"The knowledge store {self.identity} is in the middle of a reindex to encoder fingerprint "
+                f"{pending!r} (its keys were written with fingerprint {stored!r}); the editor has fingerprint "
+                f"{current!r}. Finish it with the new editor:\n"
+                "    store = RecipeKnowledgeStore.open_for_reindex(new_editor, ...)\n"
+                "    store.reindex(new_editor)"
+            )
+        return (
+            f"The knowledge store {self.identity} was written with encoder fingerprint {stored!r}, but the "
+            f"editor has fingerprint {current!r}. {how}"
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def stored_fingerprint(self) -> str:
+        """The encoder fingerprint the stored keys were written with."""
+        return self._fingerprint
+
+    @property
+    def needs_reindex(self) -> bool:
+        """Whether the store was opened with :meth:`open_for_reindex` and is not reindexed yet."""
+        return self._stale
+
+    @property
+    def collection_name(self) -> str:
+        """The Chroma collection holding this namespace."""
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def namespaces(self) -> list[str]:
+        """Namespaces with the same ``collection_prefix`` in this store's Chroma, sorted."""
+        self._check_open()
+        head = f"{self.collection_prefix}__"
+        names: list[str] = []
+        for item in self._client.list_collections():
+            name = item if isinstance(item, str) else item.name
+            rest = name[len(head) :] if name.startswith(head) else ""
+            if rest and "__" not in rest and _NAME_RE.match(rest):
+                names.append(rest)
+        return sorted(names)
+
+    # ------------------------------------------------------------------ checks
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecipeChainError(f"The knowledge store {self.identity} is closed")
+
+    def _check_encoder(self) -> None:
+        """Raise unless the stored keys were written by ``self.editor`` as it is now."""
+        self._check_open()
+        if self._stale:
+            raise EncoderMismatchError(self._mismatch_message(self._fingerprint, self.editor.fingerprint))
+        current = self.editor.fingerprint
+        if current != self._fingerprint:
+            raise EncoderMismatchError(
+                self._mismatch_message(self._fingerprint, current)
+                + "\n(The editor's weights changed after the store was opened.)"
+            )
+
+    def _verify_collection(self) -> None:
+        """Before a write: re-read the collection and check nobody reindexed it meanwhile."""
+        fresh = self._get_collection(self._name)
+        if fresh is None:
+            raise RecipeChainError(
+                f"The collection of {self.identity} was deleted after the store was opened; reopen the store"
+            )
+        meta = fresh.metadata or {}
+        stored, pending = meta.get(_C_FINGERPRINT), meta.get(_C_REINDEX_TARGET)
+        if stored != self._fingerprint or pending:
+            raise EncoderMismatchError(
+                f"The knowledge store {self.identity} was reindexed (or is being reindexed) since this store object "
+                f"opened it: its keys now come from encoder {pending or stored!r}, this store uses "
+                f"{self._fingerprint!r}. Reopen it with the matching editor."
+            )
+        self._collection = fresh
+
+    # ------------------------------------------------------------------ validation
+    def _prepare(
+        self,
+        prompt: object,
+        target_new: object,
+        subject: object = None,
+        metadata: object = None,
+        edit_id: object = None,
+    ) -> _Pending:
+        prompt = _check_text(prompt, "prompt")
+        target_new = _check_text(target_new, "target_new")
+        if subject is not None:
+            subject = _check_text(subject, "subject")
+        user = _check_metadata(metadata)
+        explicit = edit_id is not None
+        edit_id = _check_edit_id(edit_id) if explicit else uuid.uuid4().hex
+        return _Pending(
+            edit_id=edit_id,
+            explicit=explicit,
+            prompt=prompt,
+            target_new=target_new,
+            subject=subject,  # type: ignore[arg-type]
+            metadata=user,
+            statement=statement_of(prompt, target_new),
+            prompt_norm=normalize_prompt(prompt),
+        )
+
+    def _prepare_record(self, index: int, record: object) -> _Pending:
+        from recipe_chain.data import EditExample
+
+        try:
+            if isinstance(record, EditExample):
+                meta: dict[str, ScalarMeta] = {}
+                if record.case_id is not None:
+                    meta["case_id"] = record.case_id
+                return self._prepare(record.prompt, record.target_new, record.subject, meta)
+            if isinstance(record, Mapping):
+                unknown = set(record) - _EDIT_KEYS
+                if unknown:
+                    raise ValueError(
+                        f"unknown keys {sorted(map(str, unknown))}; an edit mapping may have {sorted(_EDIT_KEYS)}"
+                    )
+                if "prompt" not in record or "target_new" not in record:
+                    raise ValueError("an edit mapping needs 'prompt' and 'target_new'")
+                return self._prepare(
+                    record["prompt"],
+                    record["target_new"],
+                    record.get("subject"),
+                    record.get("metadata"),
+                    record.get("edit_id"),
+                )
+            raise TypeError(f"expected a mapping or an EditExample, got {type(record).__name__}")
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"Edit record {index}: {exc}") from exc
+
+    def _check_lengths(self, statements: Sequence[str], editor: RecipeEditor | None = None) -> None:
+        """Raise ``ValueError`` naming the first statement the encoder would reject as too long."""
+        editor = editor or self.editor
+        tokenizer = editor.encoder.tokenizer
+        limit = editor.config.max_length
+        for start in range(0, len(statements), 1024):
+            chunk = list(statements[start : start + 1024])
+            lengths = [len(ids) for ids in tokenizer(chunk, truncation=False)["input_ids"]]
+            for offset, n in enumerate(lengths):
+                if n > limit:
+                    raise ValueError(
+                        f"Edit record {start + offset}: the statement has {n} tokens; the knowledge encoder accepts "
+                        f"at most {limit}. Shorten it (a statement is '<prompt> <target_new>'): "
+                        f"{chunk[offset][:80]!r}"
+                    )
+
+    # ------------------------------------------------------------------ reading records
+    def _record(self, edit_id: str, meta: Mapping[str, Any], document: str | None) -> EditRecord:
+        user = {k[len(USER_METADATA_PREFIX) :]: v for k, v in meta.items() if k.startswith(USER_METADATA_PREFIX)}
+        prompt = str(meta.get(_PROMPT, ""))
+        target = str(meta.get(_TARGET, ""))
+        return EditRecord(
+            edit_id=edit_id,
+            namespace=str(meta.get(_NAMESPACE, self.namespace)),
+            prompt=prompt,
+            target_new=target,
+            subject=meta.get(_SUBJECT),
+            statement=document if document is not None else statement_of(prompt, target),
+            created_at=str(meta.get(_CREATED, "")),
+            metadata=user,
+            active=bool(meta.get(_ACTIVE, True)),
+            superseded_by=meta.get(_SUPERSEDED_BY),
+            previous_targets=json.loads(meta.get(_PREVIOUS) or "[]"),
+            encoder_fingerprint=str(meta.get(_FINGERPRINT, "")),
+        )
+
+    def _fetch(self, ids: Sequence[str], *, keys: bool = False) -> dict[str, _Stored]:
+        if not ids:
+            return {}
+        include = ["metadatas", "documents"] + (["embeddings"] if keys else [])
+        got = self._collection.get(ids=list(ids), include=include)
+        out: dict[str, _Stored] = {}
+        embeddings = got.get("embeddings") if keys else None
+        for i, edit_id in enumerate(got["ids"]):
+            key = torch.from_numpy(np.asarray(embeddings[i], dtype=np.float32)) if keys else None
+            out[edit_id] = _Stored(edit_id, dict(got["metadatas"][i] or {}), got["documents"][i], key)
+        return out
+
+    def _fetch_one(self, edit_id: object, *, keys: bool = False) -> _Stored:
+        edit_id = _check_edit_id(edit_id)
+        found = self._fetch([edit_id], keys=keys).get(edit_id)
+        if found is None:
+            raise EditNotFoundError(f"No edit {edit_id!r} in namespace {self.namespace!r} of {self.identity}")
+        return found
+
+    # ------------------------------------------------------------------ writing
+    def add_edit(
+        self,
+        prompt: str,
+        target_new: str,
+        *,
+        subject: str | None = None,
+        metadata: dict[str, ScalarMeta] | None = None,
+        edit_id: str | None = None,
+    ) -> EditRecord:
+        """Add one edit (superseding an active edit of the same prompt, see the module docs).
+
+        Args:
+            prompt: The edit prompt, e.g. ``"The mother tongue of Danielle Darrieux is"``.
+            target_new: The new target, e.g. ``"English"``.
+            subject: The edited subject, if known.
+            metadata: Your own scalar metadata (str, int, float, bool values).
+            edit_id: An explicit id; a random one (32 hex digits) by default.
+
+        Returns:
+            The stored record.
+
+        Raises:
+            TypeError: For non-string text, a non-mapping or non-scalar metadata.
+            ValueError: For empty text, or a statement longer than the encoder accepts.
+            DuplicateEditError: If ``edit_id`` is already used in this namespace.
+            EncoderMismatchError: If the store needs a reindex.
+        """
+        self._check_encoder()
+        item = self._prepare(prompt, target_new, subject, metadata, edit_id)
+        keys = self._encode_statements(self.editor, [item.statement])  # (1, d); raises ValueError if too long
+        return self._write_batch([item], keys)[0]
+
+    def add_edits(
+        self,
+        records: Iterable[Mapping[str, Any] | EditExample],
+        batch_size: int = 256,
+        progress: bool | None = None,
+    ) -> list[EditRecord]:
+        """Add many edits, in batches.
+
+        Every record is validated first (types, blank text, metadata, duplicate ids,
+        statement length), so bad input writes nothing. Then each batch of ``batch_size``
+        edits is encoded and written with one Chroma call: a crash leaves whole batches.
+        Later records supersede earlier ones of the same fact, also within one call.
+
+        Args:
+            records: Mappings with ``prompt``, ``target_new`` and optionally ``subject``,
+                ``metadata``, ``edit_id``; or :class:`~recipe_chain.data.EditExample`
+                objects (their ``case_id``, when present, is kept as metadata).
+            batch_size: Edits per encoder pass and Chroma write.
+            progress: Show a tqdm bar; ``None`` shows one for 1,000 edits or more.
+
+        Returns:
+            The stored records, in input order, as they are after the call (an edit
+            superseded by a later one of the same call has ``active=False``).
+
+        Raises:
+            TypeError, ValueError, DuplicateEditError, EncoderMismatchError: As
+                :meth:`add_edit`; the message names the record's index.
+        """
+        if isinstance(records, (str, bytes, Mapping)):
+            raise TypeError("records must be an iterable of edit mappings or EditExample objects")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self._check_encoder()
+        items = [self._prepare_record(i, r) for i, r in enumerate(records)]
+        if not items:
+            return []
+        self._check_ids_free(items)
+        self._check_lengths([it.statement for it in items])
+        from tqdm.auto import tqdm
+
+        show = len(items) >= _PROGRESS_THRESHOLD if progress is None else bool(progress)
+        written: list[EditRecord] = []
+        position: dict[str, int] = {}
+        with tqdm(total=len(items), desc="Adding edits", unit="edit", disable=not show) as bar:
+            for number, start in enumerate(range(0, len(items), batch_size), start=1):
+                batch = items[start : start + batch_size]
+                keys = self._encode_statements(self.editor, [it.statement for it in batch], batch_size)  # (B, d)
+                new, superseded = self._write(batch, keys)
+                for record in superseded:  # an edit of an earlier batch of this call, now superseded
+                    if record.edit_id in position:
+                        written[position[record.edit_id]] = record
+                for record in new:
+                    position[record.edit_id] = len(written)
+                    written.append(record)
+                bar.update(len(batch))
+                logger.debug("add_edits: wrote batch %d (%d/%d edits)", number, len(written), len(items))
+        return written
+
+    def _check_ids_free(self, items: Sequence[_Pending]) -> None:
+        seen: set[str] = set()
+        for it in items:
+            if it.explicit:
+                if it.edit_id in seen:
+                    raise DuplicateEditError(f"edit_id {it.edit_id!r} appears twice in one call")
+                seen.add(it.edit_id)
+        taken = self._existing_ids(sorted(seen))
+        if taken:
+            raise DuplicateEditError(
+                f"edit_id {taken[0]!r} is already used in namespace {self.namespace!r} of {self.identity}"
+            )
+
+    def _existing_ids(self, ids: Sequence[str]) -> list[str]:
+        found: list[str] = []
+        for start in range(0, len(ids), _PAGE):
+            chunk = list(ids[start : start + _PAGE])
+            if chunk:
+                found += self._collection.get(ids=chunk, include=[])["ids"]
+        return found
+
+    def _active_heads(self, norms: Sequence[str]) -> dict[str, list[_Stored]]:
+        """Active stored edits per normalised prompt."""
+        heads: dict[str, list[_Stored]] = {}
+        for start in range(0, len(norms), 256):
+            chunk = list(norms[start : start + 256])
+            where = {_PROMPT_NORM: chunk[0]} if len(chunk) == 1 else {_PROMPT_NORM: {"$in": chunk}}
+            got = self._collection.get(where=where, include=["metadatas", "documents", "embeddings"])
+            for i, edit_id in enumerate(got["ids"]):
+                meta = dict(got["metadatas"][i] or {})
+                if meta.get(_ACTIVE, True):
+                    key = torch.from_numpy(np.asarray(got["embeddings"][i], dtype=np.float32))
+                    heads.setdefault(meta[_PROMPT_NORM], []).append(
+                        _Stored(edit_id, meta, got["documents"][i], key)
+                    )
+        for group in heads.values():
+            group.sort(key=lambda s: (str(s.meta.get(_CREATED, "")), s.edit_id))  # newest last
+        return heads
+
+    def _write_batch(self, items: Sequence[_Pending], keys: torch.Tensor) -> list[EditRecord]:
+        """Write validated edits with their ``(N, d)`` keys in one Chroma call.
+
+        This is the store's internal batch writer; the benchmarks use it to insert keys
+        computed in bulk. It checks explicit ids and resolves supersessions under the
+        write lock.
+        """
+        return self._write(items, keys)[0]
+
+    def _write(self, items: Sequence[_Pending], keys: torch.Tensor) -> tuple[list[EditRecord], list[EditRecord]]:
+        """:meth:`_write_batch`, also returning the stored edits the batch superseded (as updated)."""
+        if keys.shape != (len(items), self.editor.config.rep_dim):
+            raise ValueError(f"Expected keys of shape ({len(items)}, {self.editor.config.rep_dim}), got {tuple(keys.shape)}")
+        keys = keys.detach().to("cpu", torch.float32).contiguous()
+        with self._lock:
+            self._check_encoder()
+            self._verify_collection()
+            self._check_ids_free(items)
+            heads = self._active_heads(sorted({it.prompt_norm for it in items}))
+            now = _utc_now()
+            fingerprint = self._fingerprint
+            superseded: dict[str, _Stored] = {}  # stored edits this batch deactivates
+            # The active edits of each fact, oldest first (normally at most one).
+            current: dict[str, list[_Pending | _Stored]] = {norm: list(group) for norm, group in heads.items()}
+            for it in items:
+                previous: list[str] = []
+                for n, prev in enumerate(current.get(it.prompt_norm, [])):
+                    prev_meta = prev.chroma_meta if isinstance(prev, _Pending) else prev.meta
+                    if n == 0:
+                        previous = json.loads(prev_meta.get(_PREVIOUS) or "[]")
+                    previous.append(str(prev_meta[_TARGET]))
+                    prev_meta[_ACTIVE] = False
+                    prev_meta[_SUPERSEDED_BY] = it.edit_id
+                    if isinstance(prev, _Stored):
+                        superseded[prev.edit_id] = prev
+                meta: dict[str, Any] = {
+                    _EDIT_ID: it.edit_id,
+                    _NAMESPACE: self.namespace,
+                    _PROMPT: it.prompt,
+                    _PROMPT_NORM: it.prompt_norm,
+                    _TARGET: it.target_new,
+                    _CREATED: now,
+                    _ACTIVE: True,
+                    _PREVIOUS: json.dumps(previous),
+                    _FINGERPRINT: fingerprint,
+                }
+                if it.subject is not None:
+                    meta[_SUBJECT] = it.subject
+                meta.update({USER_METADATA_PREFIX + k: v for k, v in it.metadata.items()})
+                it.chroma_meta = meta
+                current[it.prompt_norm] = [it]
+            old = list(superseded.values())
+            ids = [it.edit_id for it in items] + [s.edit_id for s in old]
+            embeddings = np.concatenate(
+                [keys.numpy()] + ([torch.stack([s.key for s in old]).numpy()] if old else [])  # type: ignore[misc]
+            )
+            self._collection.upsert(
+                ids=ids,
+                embeddings=embeddings,
+                metadatas=[it.chroma_meta for it in items] + [s.meta for s in old],
+                documents=[it.statement for it in items] + [s.document for s in old],
+            )
+            if old:
+                logger.info("Superseded %d edit(s) in %s", len(old), self.identity)
+        new = [self._record(it.edit_id, it.chroma_meta, it.statement) for it in items]
+        return new, [self._record(s.edit_id, s.meta, s.document) for s in old]
+
+    def update_edit(self, edit_id: str, *, target_new: str) -> EditRecord:
+        """Change an active edit's target in place.
+
+        The id stays; the statement and key are re-encoded and the old target is appended
+        to ``previous_targets``. Updating to the current target changes nothing.
+
+        Raises:
+            EditNotFoundError: If no edit has this id.
+            ValueError: If ``target_new`` is blank, the statement is too long, or the
+                edit was superseded (update the active edit instead).
+            TypeError: If ``target_new`` is not a str.
+        """
+        self._check_encoder()
+        target_new = _check_text(target_new, "target_new")
+        with self._lock:
+            self._check_encoder()
+            self._verify_collection()
+            stored = self._fetch_one(edit_id)
+            meta = stored.meta
+            if not meta.get(_ACTIVE, True):
+                raise ValueError(
+                    f"Edit {edit_id!r} was superseded by {meta.get(_SUPERSEDED_BY)!r}; update the active edit instead"
+                )
+            if meta.get(_TARGET) == target_new:
+                return self._record(stored.edit_id, meta, stored.document)
+            statement = statement_of(str(meta[_PROMPT]), target_new)
+            keys = self._encode_statements(self.editor, [statement])  # (1, d)
+            changes = {
+                _TARGET: target_new,
+                _PREVIOUS: json.dumps(json.loads(meta.get(_PREVIOUS) or "[]") + [str(meta[_TARGET])]),
+                _FINGERPRINT: self._fingerprint,
+            }
+            self._collection.update(
+                ids=[stored.edit_id], embeddings=keys.numpy(), documents=[statement], metadatas=[changes]
+            )
+            meta.update(changes)
+            return self._record(stored.edit_id, meta, statement)
+
+    def delete_edit(self, edit_id: str) -> EditRecord:
+        """Delete an edit (undo) and return it.
+
+        Deleting the active edit of a fact re-activates the edit it superseded, so the
+        previous target applies again. Deleting a superseded edit relinks the chain.
+
+        Raises:
+            EditNotFoundError: If no edit has this id.
+        """
+        return self.delete_edits([edit_id])[0]
+
+    def delete_edits(self, edit_ids: Sequence[str]) -> list[EditRecord]:
+        """Delete several edits (in the given order) and return them.
+
+        All ids are checked first: if one is unknown, nothing is deleted.
+
+        Raises:
+            EditNotFoundError: If an id is unknown.
+            TypeError: If ``edit_ids`` is a str or holds non-strings.
+        """
+        self._check_open()
+        if isinstance(edit_ids, (str, bytes)):
+            raise TypeError("edit_ids must be a sequence of ids, not a single str")
+        ids = list(dict.fromkeys(_check_edit_id(i) for i in edit_ids))
+        with self._lock:
+            found = self._fetch(ids)
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise EditNotFoundError(
+                    f"No edit {missing[0]!r} in namespace {self.namespace!r} of {self.identity}"
+                    + (f" (and {len(missing) - 1} more unknown ids)" if len(missing) > 1 else "")
+                    + "; nothing was deleted"
+                )
+            records = [self._record(i, found[i].meta, found[i].document) for i in ids]
+            simple = [r.edit_id for r in records if not r.previous_targets]  # nothing can point at these
+            for start in range(0, len(simple), _PAGE):
+                self._collection.delete(ids=simple[start : start + _PAGE])
+            for record in records:
+                if record.previous_targets:
+                    self._delete_linked(record)
+        logger.info("Deleted %d edit(s) from %s", len(records), self.identity)
+        return records
+
+    def _delete_linked(self, record: EditRecord) -> None:
+        """Delete an edit that may have superseded others, fixing their links first."""
+        got = self._collection.get(where={_SUPERSEDED_BY: record.edit_id}, include=[])
+        predecessors = list(got["ids"])
+        if predecessors:
+            if record.active:
+                # Undo: the edits this one superseded become active again (before the delete,
+                # so a crash in between leaves both active, and repeating the delete finishes it).
+                changes: dict[str, Any] = {_ACTIVE: True, _SUPERSEDED_BY: None}
+            else:
+                changes = {_SUPERSEDED_BY: record.superseded_by}
+            self._collection.update(ids=predecessors, metadatas=[dict(changes) for _ in predecessors])
+        self._collection.delete(ids=[record.edit_id])
+
+    def clear(self) -> None:
+        """Delete every edit of this namespace (the collection and its settings stay)."""
+        self._check_open()
+        with self._lock:
+            while True:
+                ids = self._collection.get(include=[], limit=_PAGE)["ids"]
+                if not ids:
+                    break
+                self._collection.delete(ids=ids)
+        logger.info("Cleared %s", self.identity)
+
+    # ------------------------------------------------------------------ reading
+    def get_edit(self, edit_id: str) -> EditRecord:
+        """The edit with this id.
+
+        Raises:
+            EditNotFoundError: If there is none in this namespace.
+        """
+        self._check_open()
+        stored = self._fetch_one(edit_id)
+        return self._record(stored.edit_id, stored.meta, stored.document)
+
+    def list_edits(
+        self,
+        where: dict[str, Any] | None = None,
+        limit: int | None = 100,
+        offset: int = 0,
+        include_inactive: bool = False,
+    ) -> list[EditRecord]:
+        """Stored edits, in Chroma's storage order.
+
+        Args:
+            where: A Chroma-style filter on record fields (``edit_id``, ``prompt``,
+                ``prompt_norm``, ``target_new``, ``subject``, ``created_at``, ``active``,
+                ``superseded_by``, ``encoder_fingerprint``) or on your metadata as
+                ``"metadata.<key>"``; operators such as ``$eq``, ``$in``, ``$gt`` and
+                ``$and``/``$or`` work as in Chroma.
+                Example: ``{"metadata.source": "cf"}``.
+            limit: At most this many (``None``: all).
+            offset: Skip this many first.
+            include_inactive: Also list superseded edits.
+
+        Raises:
+            ValueError: For an unknown field or a bad limit/offset.
+        """
+        self._check_open()
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be None or a non-negative int, got {limit!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+        if limit == 0:
+            return []
+        clauses = [] if where is None else [_translate_where(where)]
+        if not include_inactive:
+            clauses.append({_ACTIVE: True})
+        chroma_where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        got = self._collection.get(
+            where=chroma_where, limit=limit, offset=offset or None, include=["metadatas", "documents"]
+        )
+        return [
+            self._record(edit_id, got["metadatas"][i] or {}, got["documents"][i]) for i, edit_id in enumerate(got["ids"])
+        ]
+
+    def count(self, include_inactive: bool = False) -> int:
+        """Number of edits: active ones, or all with ``include_inactive``."""
+        self._check_open()
+        total = self._collection.count()
+        if include_inactive or total == 0:
+            return total
+        inactive = self._collection.get(where={_ACTIVE: False}, include=[])["ids"]
+        return total - len(inactive)
+
+    def prompt_vectors(self, edit_id: str) -> torch.Tensor:
+        """``(P, D)`` continuous prompt vectors of an edit, derived from its stored key.
+
+        Raises:
+            EditNotFoundError: If no edit has this id.
+            EncoderMismatchError: If the store needs a reindex.
+        """
+        self._check_encoder()
+        stored = self._fetch_one(edit_id, keys=True)
+        assert stored.key is not None
+        return self._prompt_vectors(stored.key)
+
+    def _prompt_vectors(self, key: torch.Tensor) -> torch.Tensor:
+        with self._encode_lock:
+            return self.editor.prompt_vectors(key[None])[0].cpu()  # (P, D)
+
+    def stored_key(self, edit_id: str) -> torch.Tensor:
+        """``(d,)`` float32: the key stored for an edit (exactly as Chroma holds it).
+
+        Raises:
+            EditNotFoundError: If no edit has this id.
+        """
+        self._check_open()
+        stored = self._fetch_one(edit_id, keys=True)
+        assert stored.key is not None
+        return stored.key
+
+    # ------------------------------------------------------------------ search and gate
+    def _sentinel_key(self) -> torch.Tensor:
+        fingerprint = self.editor.fingerprint
+        cached = self._sentinel_cache
+        if cached is None or cached[0] != fingerprint:
+            with self._encode_lock:
+                key = self.editor.sentinel_key().detach().to("cpu", torch.float32)  # (d,)
+            cached = (fingerprint, key)
+            self._sentinel_cache = cached
+        return cached[1]
+
+    def _encode_queries(self, texts: Sequence[str]) -> torch.Tensor:
+        with self._encode_lock:
+            return self.editor.encode_queries(list(texts)).detach().to("cpu", torch.float32)  # (Q, d)
+
+    def _encode_statements(self, editor: RecipeEditor, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        with self._encode_lock:
+            return editor.encode_statements(list(texts), batch_size=batch_size).detach().to("cpu", torch.float32)
+
+    def _search(self, reps: torch.Tensor, n: int) -> list[list[_Stored]]:
+        """Approximate top-``n`` *active* edits for each ``(Q, d)`` query, from Chroma.
+
+        Chroma is queried without a metadata filter (a filter makes HNSW search much
+        slower); superseded edits are dropped here, and a query that lost candidates to
+        them is asked again for more (after a few rounds, with an ``active`` filter).
+        """
+        total = self._collection.count()
+        out: list[list[_Stored]] = [[] for _ in range(reps.shape[0])]
+        if total == 0:
+            return out
+        pending = list(range(reps.shape[0]))
+        fetch = min(total, n)
+        rounds = 0
+        include = ["embeddings", "metadatas", "documents"]
+        while pending:
+            filtered = rounds >= _SEARCH_WIDEN_ROUNDS
+            res = self._collection.query(
+                query_embeddings=reps[pending].numpy(),
+                n_results=n if filtered else fetch,
+                where={_ACTIVE: True} if filtered else None,
+                include=include,
+            )
+            retry: list[int] = []
+            for j, qi in enumerate(pending):
+                ids = res["ids"][j]
+                metas = res["metadatas"][j]
+                self._check_candidate_fingerprints(metas)
+                found = [
+                    _Stored(
+                        edit_id,
+                        dict(metas[i] or {}),
+                        res["documents"][j][i],
+                        torch.from_numpy(np.asarray(res["embeddings"][j][i], dtype=np.float32)),
+                    )
+                    for i, edit_id in enumerate(ids)
+                    if (metas[i] or {}).get(_ACTIVE, True)
+                ]
+                if not filtered and len(found) < n and len(found) < len(ids) and fetch < total:
+                    retry.append(qi)  # superseded edits crowded out active ones: ask for more
+                else:
+                    out[qi] = found[:n]
+            pending = retry
+            rounds += 1
+            fetch = min(total, fetch * 4)
+        return out
+
+    def _check_candidate_fingerprints(self, metas: Sequence[Mapping[str, Any] | None]) -> None:
+        for meta in metas:
+            written = (meta or {}).get(_FINGERPRINT)
+            if written != self._fingerprint:
+                raise EncoderMismatchError(
+                    f"The knowledge store {self.identity} holds keys of encoder {written!r}, but this store object "
+                    f"uses {self._fingerprint!r}: it was reindexed since this object opened it (or a reindex is "
+                    "unfinished). Reopen it with the matching editor, or finish the reindex with "
+                    "RecipeKnowledgeStore.open_for_reindex(new_editor, ...).reindex(new_editor)."
+                )
+
+    def _scored(self, rep: torch.Tensor, found: list[_Stored]) -> tuple[list[GateCandidate], list[torch.Tensor]]:
+        if not found:
+            return [], []
+        keys = torch.stack([s.key for s in found])  # (K, d)
+        sims = rescore(rep, keys)  # (K,)
+        order = rank(sims)
+        candidates = [
+            GateCandidate(record=self._record(found[i].edit_id, found[i].meta, found[i].document), similarity=float(sims[i]))
+            for i in order
+        ]
+        return candidates, [found[i].key for i in order]  # type: ignore[misc]
+
+    def query(self, text: str, k: int = 4) -> list[GateCandidate]:
+        """The ``k`` active edits most similar to ``text``, exactly re-scored, best first.
+
+        Chroma is asked for ``max(k, candidate_k)`` approximate candidates; the exact
+        ``q·k/√d`` then orders them. No gate is applied.
+
+        Raises:
+            TypeError, ValueError: For a non-string or empty text, or a bad ``k``.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        text = _check_text(text, "query text")
+        self._check_encoder()
+        rep = self._encode_queries([text])  # (1, d)
+        found = self._search(rep, max(k, self.candidate_k))[0]
+        return self._scored(rep[0], found)[0][:k]
+
+    def gate(self, text: str) -> GateResult:
+        """The Knowledge Sentinel's decision for one query (see the module docs).
+
+        Raises:
+            TypeError, ValueError: For a non-string or empty text, or one too long.
+            EncoderMismatchError: If the store needs a reindex.
+        """
+        return self.gate_batch([text])[0]
+
+    def gate_batch(self, texts: Sequence[str]) -> list[GateResult]:
+        """Gate many queries with one encoder pass and one Chroma query.
+
+        Results equal :meth:`gate`'s up to float rounding (batched encoding pads).
+
+        Raises:
+            TypeError, ValueError: As :meth:`gate`, for any text.
+        """
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("gate_batch takes a sequence of texts, not a single str; use gate()")
+        texts = [_check_text(t, f"query text {i}") for i, t in enumerate(texts)]
+        if not texts:
+            return []
+        self._check_encoder()
+        reps = self._encode_queries(texts)  # (Q, d)
+        sentinel = self._sentinel_key()  # (d,)
+        found = self._search(reps, self.candidate_k)
+        results: list[GateResult] = []
+        for i, text in enumerate(texts):
+            candidates, keys = self._scored(reps[i], found[i])
+            sent = sentinel_similarity(reps[i], sentinel)
+            best = candidates[0].similarity if candidates else None
+            hit = candidates[0].record if admits(best, sent, margin=self.gate_margin, use_gate=self.use_gate) else None
+            results.append(
+                GateResult(
+                    query=text,
+                    hit=hit,
+                    hit_similarity=best,
+                    sentinel_similarity=sent,
+                    margin=self.gate_margin,
+                    gated=self.use_gate,
+                    candidates=candidates,
+                    prompt_vectors=self._prompt_vectors(keys[0]) if hit is not None else None,
+                )
+            )
+        return results
+
+    # ------------------------------------------------------------------ maintenance
+    def reindex(self, new_editor: RecipeEditor, batch_size: int = 256) -> None:
+        """Re-encode every statement with ``new_editor`` and make it the store's editor.
+
+        With the same key width the keys are rewritten in place, batch by batch; an
+        interrupted reindex leaves a marker that makes the store refuse normal opening,
+        and running it again resumes (edits already re-encoded are skipped). With a new
+        key width the edits are copied into a fresh collection that then replaces the
+        old one. Other store objects open on this namespace must be reopened afterwards.
+
+        Raises:
+            ValueError: If a statement is too long for the new encoder (nothing changes).
+            TypeError: If ``new_editor`` is not a RecipeEditor.
+        """
+        if not isinstance(new_editor, RecipeEditor):
+            raise TypeError(f"new_editor must be a RecipeEditor, got {type(new_editor).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self._check_open()
+        with self._lock:
+            target = new_editor.fingerprint
+            ids = self._all_ids()
+            statements: list[str] = []
+            for start in range(0, len(ids), _PAGE):
+                got = self._fetch(ids[start : start + _PAGE])
+                statements += [statement_of(str(got[i].meta[_PROMPT]), str(got[i].meta[_TARGET])) for i in got]
+            self._check_lengths(statements, new_editor)
+            new_dim = new_editor.config.rep_dim
+            old_dim = (self._collection.metadata or {}).get(_C_REP_DIM, self.editor.config.rep_dim)
+            if new_dim == old_dim:
+                self._reindex_in_place(new_editor, ids, batch_size)
+            else:
+                self._reindex_by_copy(new_editor, ids, batch_size)
+            self.editor = new_editor
+            self._fingerprint = target
+            self._stale = False
+            self._sentinel_cache = None
+        logger.info("Reindexed %d edit(s) of %s for encoder %s", len(ids), self.identity, target)
+
+    def _all_ids(self) -> list[str]:
+        return list(self._collection.get(include=[])["ids"])
+
+    def _reindex_in_place(self, new_editor: RecipeEditor, ids: list[str], batch_size: int) -> None:
+        target = new_editor.fingerprint
+        meta = dict(self._collection.metadata or {})
+        if meta.get(_C_FINGERPRINT) != target:
+            self._collection.modify(metadata={**meta, _C_REINDEX_TARGET: target})
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(ids), desc="Reindexing", unit="edit", disable=len(ids) < _PROGRESS_THRESHOLD) as bar:
+            for start in range(0, len(ids), batch_size):
+                got = self._fetch(ids[start : start + batch_size])
+                todo = [i for i in got if got[i].meta.get(_FINGERPRINT) != target]
+                if todo:
+                    statements = [statement_of(str(got[i].meta[_PROMPT]), str(got[i].meta[_TARGET])) for i in todo]
+                    keys = self._encode_statements(new_editor, statements, batch_size)  # (B, d)
+                    self._collection.update(
+                        ids=todo,
+                        embeddings=keys.numpy(),
+                        documents=statements,
+                        metadatas=[{_FINGERPRINT: target} for _ in todo],
+                    )
+                bar.update(len(got))
+        self._collection.modify(metadata=self._collection_metadata(target, new_editor.config.rep_dim))
+        self._collection = self._client.get_collection(self._name, embedding_function=None)
+
+    def _reindex_by_copy(self, new_editor: RecipeEditor, ids: list[str], batch_size: int) -> None:
+        target = new_editor.fingerprint
+        copy_name = self._name + _REINDEX_SUFFIX
+        if self._get_collection(copy_name) is not None:
+            self._client.delete_collection(copy_name)  # a leftover of an interrupted attempt
+        copy = self._create_collection(copy_name, self._collection_metadata(target, new_editor.config.rep_dim))
+        for start in range(0, len(ids), batch_size):
+            got = self._fetch(ids[start : start + batch_size])
+            chunk = list(got)
+            statements = [statement_of(str(got[i].meta[_PROMPT]), str(got[i].meta[_TARGET])) for i in chunk]
+            keys = self._encode_statements(new_editor, statements, batch_size)  # (B, d)
+            copy.add(
+                ids=chunk,
+                embeddings=keys.numpy(),
+                documents=statements,
+                metadatas=[{**got[i].meta, _FINGERPRINT: target} for i in chunk],
+            )
+        final_meta = self._collection_metadata(target, new_editor.config.rep_dim)
+        copy.modify(metadata={**final_meta, _C_REINDEX_COMPLETE: True})
+        self._swap_in(copy)
+
+    def _swap_in(self, copy: Any) -> None:
+        """Replace the namespace's collection by a completed reindex copy.
+
+        A crash between the delete and the rename is repaired the next time the store
+        opens (:meth:`_recover_swap`).
+        """
+        if self._get_collection(self._name) is not None:
+            self._client.delete_collection(self._name)
+        meta = {k: v for k, v in (copy.metadata or {}).items() if k != _C_REINDEX_COMPLETE}
+        copy.modify(name=self._name, metadata=meta)
+        self._collection = self._client.get_collection(self._name, embedding_function=None)
+
+    def as_retriever(self, **kwargs: Any) -> RecipeKnowledgeRetriever:
+        """A LangChain retriever over this store (see :mod:`recipe_chain.retrievers`)."""
+        from recipe_chain.retrievers import RecipeKnowledgeRetriever
+
+        return RecipeKnowledgeRetriever(store=self, **kwargs)
+
+    def close(self) -> None:
+        """Release the store (and the Chroma client it created). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._release_client()
+
+    def _release_client(self) -> None:
+        if self._owns_client:
+            closer = getattr(self._client, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception:  # pragma: no cover - best effort
+                    logger.debug("Closing the Chroma client failed", exc_info=True)
+
+    def __enter__(self) -> RecipeKnowledgeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("needs reindex" if self._stale else "open")
+        return f"RecipeKnowledgeStore({self.identity!r}, {state})"
+
+
+def _translate_where(where: object) -> dict[str, Any]:
+    """Map a ``list_edits`` filter on record fields to Chroma metadata keys."""
+    if not isinstance(where, Mapping) or not where:
+        raise ValueError(f"where must be a non-empty dict, got {where!r}")
+    out: dict[str, Any] = {}
+    for key, value in where.items():
+        if key in _WHERE_LOGICAL:
+            if not isinstance(value, (list, tuple)) or len(value) < 2:
+                raise ValueError(f"{key} needs a list of at least two filters")
+            out[key] = [_translate_where(v) for v in value]
+        elif isinstance(key, str) and key.startswith("metadata.") and len(key) > len("metadata."):
+            out[USER_METADATA_PREFIX + key[len("metadata.") :]] = value
+        elif key in _WHERE_FIELDS:
+            out[_WHERE_FIELDS[key]] = value
+        else:
+            raise ValueError(
+                f"Unknown filter field {key!r}: use one of {sorted(_WHERE_FIELDS)}, 'metadata.<key>', '$and', '$or'"
+            )
+    if len(out) > 1:
+        return {"$and": [{k: v} for k, v in out.items()]}
+    return out
+
+
+def _client_identity(client: Any, name: str) -> str:
+    namespace_part = name.replace("__", "/", 1)
+    prefix, _, namespace = namespace_part.partition("/")
+    suffix = namespace if prefix == "recipe" else f"{prefix}/{namespace}"
+    try:
+        settings = client.get_settings()
+    except Exception:  # pragma: no cover - exotic clients
+        return f"chroma:{type(client).__name__}#{suffix}"
+    host = getattr(settings, "chroma_server_host", None)
+    if host:
+        scheme = "https" if getattr(settings, "chroma_server_ssl_enabled", False) else "http"
+        return f"chroma:{scheme}://{host}:{settings.chroma_server_http_port}#{suffix}"
+    if getattr(settings, "is_persistent", False):
+        return f"chroma:persistent:{Path(settings.persist_directory).resolve()}#{suffix}"
+    return f"chroma:ephemeral#{suffix}"
