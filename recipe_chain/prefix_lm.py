@@ -110,7 +110,10 @@ class PrefixedCausalLM:
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos_token_ids: set[int] = set(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
-        self._bos_id = tokenizer.bos_token_id
+        # A leading BOS stays in front of the prefix only if the tokenizer itself adds one
+        # (Gemma, Llama-2). SmolLM2's bos_token <|im_start|> is never added, but its chat
+        # template starts with it: there the prefix goes at the very start of the input.
+        self._bos_id = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
 
     # ------------------------------------------------------------------ properties
@@ -499,6 +502,15 @@ def _check_texts(texts: Sequence[str], what: str = "text") -> list[str]:
         if not isinstance(t, str):
             raise TypeError(f"{what.capitalize()} {i} is {type(t).__name__}, expected str")
     return texts
+
+
+def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether ``tokenizer(text)`` (with special tokens) starts with its BOS token."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
