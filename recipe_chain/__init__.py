@@ -50,3 +50,27 @@ __all__ = [
     "DuplicateEditError",
     "__version__",
 ]
+
+# LangChain components are imported on first use (PEP 562), so that `import recipe_chain`
+# does not import langchain or chromadb. Add further lazy exports to this table.
+_LAZY_EXPORTS: dict[str, str] = {
+    "RecipeEditedLLM": "recipe_chain.llms",
+    "RecipeEditedChatModel": "recipe_chain.chat_models",
+    "KnowledgeSentinelGate": "recipe_chain.runnables",
+    "GateOutput": "recipe_chain.runnables",
+    "PrefixedLLMRunnable": "recipe_chain.runnables",
+}
+__all__ += list(_LAZY_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY_EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'recipe_chain' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_EXPORTS))
