@@ -59,6 +59,10 @@ _LAZY_EXPORTS: dict[str, str] = {
     "KnowledgeSentinelGate": "recipe_chain.runnables",
     "GateOutput": "recipe_chain.runnables",
     "PrefixedLLMRunnable": "recipe_chain.runnables",
+    "RecipeKnowledgeRetriever": "recipe_chain.retrievers",
+    "RecipeEmbeddings": "recipe_chain.embeddings",
+    "build_text_rag_chain": "recipe_chain.text_rag",
+    "format_text_rag_prompt": "recipe_chain.text_rag",
 }
 __all__ += list(_LAZY_EXPORTS)
 
