@@ -363,3 +363,23 @@ def test_console_script_demo_with_real_models(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "AFTER (RECIPE)" in proc.stdout and "Danielle Darrieux" in proc.stdout and "Demo wall time" in proc.stdout
     assert elapsed < 120
+
+
+# ------------------------------------------------------------------------- Chroma server
+@pytest.mark.server
+@pytest.mark.timeout(180)
+def test_commands_against_a_chroma_server(run, tmp_path, monkeypatch) -> None:
+    from integrations import ChromaServer
+
+    monkeypatch.setenv(store_commands.SERVER_TOKEN_ENV, "cli-token")
+    with ChromaServer(tmp_path / "server-data", auth_token="cli-token") as server:
+        code, out, _ = run("--server", server.url, "edit", EDITS[1][0], EDITS[1][1], "--id", "edwin", store_path=None)
+        assert code == 0 and "Added edit edwin" in out
+        code, out, _ = run("--server", server.url, "list", store_path=None)
+        assert code == 0 and "edwin" in out and "1 of 1 active edits" in out
+        code, out, _ = run("--server", server.url, "ask", EDITS[1][0], "--max-new-tokens", "2", store_path=None)
+        assert code == 0 and "\n--\n" in out
+        assert run("--server", server.url, "delete", "edwin", store_path=None)[0] == 0
+        assert "No active edits" in run("--server", server.url, "list", store_path=None)[1]
+    code, _, err = run("--server", server.url, "list", store_path=None)  # the server is gone
+    assert code == 2 and err.startswith("error: ")
