@@ -140,9 +140,11 @@ def load_models(checkpoint: str | os.PathLike[str] | None = None) -> EditingMode
     llm, tokenizer = load_default_llm()
     try:
         editor = load_default_editor(llm)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
         if not _allow_untrained():
-            raise
+            raise FileNotFoundError(
+                f"{exc} (Or set {ALLOW_UNTRAINED_ENV}=1 to try recipe-chain with an untrained editor.)"
+            ) from exc
         logger.warning(
             "No trained RECIPE checkpoint is shipped; %s is set, so an UNTRAINED editor is used. "
             "Its retrieval, gate and prompt vectors are random: edits will not work as intended.",

@@ -158,7 +158,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     finally:
         store.close()
     info = generation.generation_info or {}
-    print(generation.text.strip())
+    print(generation.text.strip() or "(empty answer)")
     print("--")
     hit, sentinel = info.get("hit_similarity"), info.get("sentinel_similarity")
     margin = info.get("margin") or 0.0
