@@ -1066,14 +1066,11 @@ class RecipeKnowledgeStore:
         slower); superseded edits are dropped here, and a query that lost candidates to
         them is asked again for more (after a few rounds, with an ``active`` filter).
         """
-        total = self._collection.count()
         out: list[list[_Stored]] = [[] for _ in range(reps.shape[0])]
-        if total == 0:
-            return out
         pending = list(range(reps.shape[0]))
-        fetch = min(total, n)
+        fetch = n
         rounds = 0
-        include = ["embeddings", "metadatas", "documents"]
+        include = ["embeddings", "metadatas"]  # the document is statement_of(prompt, target_new)
         while pending:
             filtered = rounds >= _SEARCH_WIDEN_ROUNDS
             res = self._collection.query(
@@ -1091,19 +1088,20 @@ class RecipeKnowledgeStore:
                     _Stored(
                         edit_id,
                         dict(metas[i] or {}),
-                        res["documents"][j][i],
+                        statement_of(str(metas[i].get(_PROMPT, "")), str(metas[i].get(_TARGET, ""))),
                         torch.from_numpy(np.asarray(res["embeddings"][j][i], dtype=np.float32)),
                     )
                     for i, edit_id in enumerate(ids)
                     if (metas[i] or {}).get(_ACTIVE, True)
                 ]
-                if not filtered and len(found) < n and len(found) < len(ids) and fetch < total:
+                exhausted = len(ids) < fetch  # Chroma returned every record it has
+                if not filtered and len(found) < n and len(found) < len(ids) and not exhausted:
                     retry.append(qi)  # superseded edits crowded out active ones: ask for more
                 else:
                     out[qi] = found[:n]
             pending = retry
             rounds += 1
-            fetch = min(total, fetch * 4)
+            fetch *= 4
         return out
 
     def _check_candidate_fingerprints(self, metas: Sequence[Mapping[str, Any] | None]) -> None:
