@@ -410,7 +410,7 @@ class RecipeKnowledgeStore:
         if collection is None:
             collection = self._create_collection(self._name, self._collection_metadata(current, rep_dim))
         meta = dict(collection.metadata or {})
-        space = (collection.configuration or {}).get("hnsw", {}) or {}
+        space = (getattr(collection, "configuration_json", None) or {}).get("hnsw") or {}
         if space.get("space", "ip") != "ip":
             raise RecipeChainError(
                 f"Chroma collection {self._name!r} uses distance space {space.get('space')!r}; a RECIPE store "

@@ -232,7 +232,7 @@ def test_add_get_and_chroma_layout(make_store: StoreFactory, editor: RecipeEdito
     assert torch.equal(store.stored_key(record.edit_id), key)
     collection = store._collection
     assert collection.name == f"recipe__{store.namespace}"
-    assert collection.configuration["hnsw"]["space"] == "ip"
+    assert collection.configuration_json["hnsw"]["space"] == "ip"
     assert collection.metadata["recipe_chain.encoder_fingerprint"] == editor.fingerprint
 
     without_subject = store.add_edit("The capital of France is", "Rome", edit_id="my-edit.1")
