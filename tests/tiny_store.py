@@ -63,7 +63,7 @@ def make_store(editor: RecipeEditor, *, n_edits: int = len(EDITS), **kwargs):
     """An ephemeral store (own collection prefix) holding the first ``n_edits`` of :data:`EDITS`."""
     from recipe_chain.store import RecipeKnowledgeStore
 
-    kwargs.setdefault("collection_prefix", f"t{next(_COLLECTION_IDS)}")
+    kwargs.setdefault("collection_prefix", f"lc-surface-{next(_COLLECTION_IDS)}")
     store = RecipeKnowledgeStore(editor, ephemeral=True, **kwargs)
     store.clear()
     for prompt, target, subject in EDITS[:n_edits]:
