@@ -592,6 +592,8 @@ class RecipeKnowledgeStore:
                 )
             raise TypeError(f"expected a mapping or an EditExample, got {type(record).__name__}")
         except (TypeError, ValueError) as exc:
+            if type(exc) not in (TypeError, ValueError):
+                raise  # e.g. DuplicateEditError: its own message is clear
             raise type(exc)(f"Edit record {index}: {exc}") from exc
 
     def _check_lengths(self, statements: Sequence[str], editor: RecipeEditor | None = None) -> None:
