@@ -1,0 +1,334 @@
+"""End-to-end tests of the RECIPE training loop on tiny random models.
+
+A tiny 2-layer LLM (``tiny_models.tiny_causal_lm``) and a tiny 2-layer BERT backbone
+(``tiny.tiny_editor``) train for ~20 steps on a small, self-made CounterFact-style file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recipe_chain import RecipeEditor
+from recipe_chain.cli import build_parser, main
+from recipe_chain.errors import CheckpointMismatchError
+from recipe_chain.prefix_lm import PrefixedCausalLM
+from recipe_chain.training import LOSS_NAMES, LocalityCache, TrainingConfig, train
+from recipe_chain.training import trainer as trainer_module
+from tiny import tiny_editor
+from tiny_models import tiny_causal_lm
+
+SUBJECTS = ["Paris", "Rome", "London", "Alex", "Yossel", "Shayna", "Edwin", "Toko", "Danielle", "Michel",
+            "UniFirst", "England", "Italy", "France", "Darrieux", "Rocard"]
+TARGETS = ["French", "English", "Islam", "piano", "guitar", "Rome", "Paris", "London"]
+
+
+def _write_data(directory: Path) -> tuple[Path, Path]:
+    records = []
+    for i, subject in enumerate(SUBJECTS):
+        relation = ["The mother tongue of {} is", "The capital city of {} is", "{} plays the"][i % 3]
+        records.append({
+            "case_id": i,
+            "prompt": relation.format(subject),
+            "target_new": TARGETS[i % len(TARGETS)],
+            "ground_truth": TARGETS[(i + 3) % len(TARGETS)],
+            "subject": subject,
+            "rephrase_prompt": "In other words, " + relation.format(subject).lower(),
+            "locality_prompt": relation.format(SUBJECTS[(i + 5) % len(SUBJECTS)]),
+            "locality_ground_truth": TARGETS[(i + 1) % len(TARGETS)] if i % 4 else "",  # some without an answer
+        })
+    data = directory / "edits.json"
+    data.write_text(json.dumps(records))
+    questions = directory / "questions.jsonl"
+    lines = [{"question": f"who is {s.lower()}?", "answer": [s]} for s in SUBJECTS]
+    questions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return data, questions
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("training")
+    data, questions = _write_data(root)
+    return {"root": root, "data": data, "questions": questions, "backbone": root / "backbone"}
+
+
+def _config(files: dict[str, Path], **overrides) -> TrainingConfig:  # noqa: ANN003
+    options = dict(
+        data=[files["data"]],
+        extra_locality=[files["questions"]],
+        extra_locality_skip=4,
+        extra_locality_per_batch=2,
+        steps=20,
+        batch_size=4,
+        lr=3e-3,
+        prompt_lr=3e-3,
+        backbone_lr=3e-3,
+        warmup_steps=2,
+        eval_examples=4,
+        eval_interval=10,
+        checkpoint_interval=10,
+        key_queue_size=8,
+        locality_topk=8,
+        rep_dim=32,
+        backbone_tuning="lora",
+        device="cpu",
+        seed=0,
+    )
+    options.update(overrides)
+    return TrainingConfig(**options)
+
+
+def _models(files: dict[str, Path], arch: str = "llama", seed: int = 0):  # noqa: ANN202
+    llm, tokenizer = tiny_causal_lm(arch)
+    editor = tiny_editor(llm, files["backbone"], seed=seed, backbone_tuning="lora")
+    return llm, tokenizer, editor
+
+
+def _trained_tensors(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "checkpoint" / "model.safetensors"))
+
+
+def _train_rows(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["kind"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(files: dict[str, Path]):  # noqa: ANN201
+    """One uninterrupted 20-step run shared by several tests."""
+    llm, tokenizer, editor = _models(files)
+    llm_before = {k: v.clone() for k, v in llm.state_dict().items()}
+    out = files["root"] / "reference"
+    result = train(_config(files), llm, tokenizer, editor, out_dir=out)
+    return {"result": result, "editor": editor, "llm": llm, "llm_before": llm_before, "out": out}
+
+
+# ---------------------------------------------------------------------- end to end
+
+
+def test_tiny_run_lowers_the_loss_and_writes_its_outputs(reference_run) -> None:  # noqa: ANN001
+    out: Path = reference_run["out"]
+    result = reference_run["result"]
+    rows = _train_rows(out)
+    assert [r["step"] for r in rows] == list(range(1, 21))
+    for name in (*LOSS_NAMES, "total", "lr_heads", "lr_prompt", "lr_backbone", "steps_per_s", "wall_time"):
+        assert all(name in r for r in rows), name
+    first = sum(r["total"] for r in rows[:3]) / 3
+    last = sum(r["total"] for r in rows[-3:]) / 3
+    assert last < first, (first, last)
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert [e["step"] for e in evals] == [10, 20]
+    assert {"reliability_acc", "generality_acc", "retrieval_acc_prompt", "locality_rejected"} <= set(evals[-1])
+    assert (out / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "locality_cache.pt").is_file() and (out / "trainer_state.pt").is_file()
+    assert result.steps == 20 and result.resumed_from is None and result.steps_per_s > 0
+    assert result.checkpoint == out / "checkpoint"
+    assert set(LOSS_NAMES) <= set(result.final_losses)
+
+
+def test_the_llm_stays_frozen(reference_run) -> None:  # noqa: ANN001
+    llm = reference_run["llm"]
+    assert not any(p.requires_grad for p in llm.parameters())
+    for name, before in reference_run["llm_before"].items():
+        assert torch.equal(llm.state_dict()[name], before), name
+
+
+def test_checkpoint_round_trips_bit_exact(reference_run, files) -> None:  # noqa: ANN001
+    editor: RecipeEditor = reference_run["editor"]
+    llm = reference_run["llm"]
+    loaded = RecipeEditor.from_pretrained(reference_run["result"].checkpoint, llm=llm)
+    mine, theirs = editor.trainable_state_dict(), loaded.trainable_state_dict()
+    assert set(mine) == set(theirs)
+    assert any(k.endswith("lora_b") for k in mine)  # the backbone adapter is trained and saved
+    for name in mine:
+        assert torch.equal(mine[name], theirs[name]), name
+    assert loaded.fingerprint == editor.fingerprint
+    text = ["The mother tongue of Paris is"]
+    assert torch.equal(loaded.encode_queries(text), editor.encode_queries(text))
+    # Training changed the editor: it differs from a fresh one with the same seed.
+    fresh = tiny_editor(llm, files["backbone"], seed=0, backbone_tuning="lora").trainable_state_dict()
+    assert not torch.equal(fresh["prompt_encoder.net.1.weight"], mine["prompt_encoder.net.1.weight"])
+    adapters = [k for k in mine if k.endswith("lora_b") and ".pooler." not in k]  # the pooler output is unused
+    assert adapters and not any(torch.equal(fresh[k], mine[k]) for k in adapters)
+
+
+def test_resumed_run_equals_the_uninterrupted_one(reference_run, files) -> None:  # noqa: ANN001
+    llm, tokenizer, editor = _models(files)
+    out = files["root"] / "resumed"
+    config = _config(files)
+    first = train(config, llm, tokenizer, editor, out_dir=out, until_step=10)
+    assert first.steps == 10 and (out / "checkpoint" / "config.json").is_file()
+    llm2, tokenizer2, editor2 = _models(files, seed=5)  # other initial weights: all must come from the state
+    second = train(config, llm2, tokenizer2, editor2, out_dir=out)
+    assert second.resumed_from == 10 and second.steps == 20
+    expected = _trained_tensors(reference_run["out"])
+    got = _trained_tensors(out)
+    assert set(expected) == set(got)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    keys = ("step", *LOSS_NAMES, "total")
+    assert [[r[k] for k in keys] for r in _train_rows(out)] == [
+        [r[k] for k in keys] for r in _train_rows(reference_run["out"])
+    ]
+
+
+def test_same_seed_same_weights_other_seed_other_weights(files) -> None:  # noqa: ANN001
+    outs = []
+    for i, seed in enumerate((0, 0, 1)):
+        llm, tokenizer, editor = _models(files)
+        out = files["root"] / f"seed{i}"
+        train(_config(files, steps=3, seed=seed, eval_examples=0), llm, tokenizer, editor, out_dir=out)
+        outs.append(_trained_tensors(out))
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+    assert not all(torch.equal(outs[0][k], outs[2][k]) for k in outs[0])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_other_causal_lm_architectures_train(files, arch: str) -> None:  # noqa: ANN001
+    llm, tokenizer, editor = _models(files, arch)
+    out = files["root"] / f"arch-{arch}"
+    result = train(_config(files, steps=3, eval_examples=0), llm, tokenizer, editor, out_dir=out)
+    assert result.steps == 3
+    assert all(v == v and v < float("inf") for v in result.final_losses.values())
+    assert RecipeEditor.from_pretrained(out / "checkpoint", llm=llm).config.llm_id == f"tiny-{arch}"
+
+
+# ---------------------------------------------------------------------- run management
+
+
+def test_resume_refuses_changed_settings_and_no_resume_starts_over(files) -> None:  # noqa: ANN001
+    llm, tokenizer, editor = _models(files)
+    out = files["root"] / "changed"
+    train(_config(files, steps=2, eval_examples=0), llm, tokenizer, editor, out_dir=out)
+    with pytest.raises(ValueError, match="different settings.*batch_size"):
+        train(_config(files, steps=2, eval_examples=0, batch_size=5), llm, tokenizer, editor, out_dir=out)
+    result = train(_config(files, steps=2, eval_examples=0, batch_size=5), llm, tokenizer, editor, out_dir=out,
+                   resume=False)
+    assert result.resumed_from is None
+    assert [r["step"] for r in _train_rows(out)] == [1, 2]
+
+
+def test_bad_inputs_raise_clear_errors(files, tmp_path: Path) -> None:  # noqa: ANN001
+    llm, tokenizer, editor = _models(files)
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        train(_config(files, data=[tmp_path / "nope.json"]), llm, tokenizer, editor, out_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match="rep_dim"):
+        train(_config(files, rep_dim=8), llm, tokenizer, editor, out_dir=tmp_path / "b")
+    other_llm, other_tok = tiny_causal_lm("gpt2")
+    with pytest.raises(CheckpointMismatchError, match="tiny-llama"):
+        train(_config(files), other_llm, other_tok, editor, out_dir=tmp_path / "c")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            train(_config(files, device="cuda"), llm, tokenizer, editor, out_dir=tmp_path / "d")
+    with pytest.raises(ValueError, match="batch_size"):
+        train(_config(files, batch_size=64, eval_examples=0), llm, tokenizer, editor, out_dir=tmp_path / "e")
+    with pytest.raises(ValueError):
+        TrainingConfig(data=[files["data"]], editor_options={"rep_dim": 3})
+
+
+# ---------------------------------------------------------------------- pieces
+
+
+def test_chunked_lm_logits_match_one_batch() -> None:
+    llm, tokenizer = tiny_causal_lm("llama")
+    lm = PrefixedCausalLM(llm, tokenizer)
+    prompts = lm.tokenize(["The capital of France is", "Hi", "The mother tongue of Danielle Darrieux is", "Alex"])
+    targets = lm.tokenize_targets(["Paris", "English too", "French", "London"])
+    g = torch.Generator().manual_seed(0)
+    prefixes = [torch.randn(3, 32, generator=g) * 0.02 for _ in prompts]
+    whole = lm.target_logits(prompts, targets, prefixes)
+    chunked = trainer_module._lm_target_logits(lm, prompts, targets, prefixes, chunk=2)
+    assert torch.equal(whole[1], chunked[1]) and torch.equal(whole[2], chunked[2])
+    mask = whole[2]
+    assert torch.allclose(whole[0][mask], chunked[0][mask], atol=1e-5)
+
+
+def test_locality_cache_computes_once_and_persists(tmp_path: Path) -> None:
+    llm, tokenizer = tiny_causal_lm("llama")
+    lm = PrefixedCausalLM(llm, tokenizer)
+    cache = LocalityCache(lm, topk=5, max_tokens=2, greedy_tokens=3)
+    items = [("The capital of France is", "Paris"), ("Hello, my name is", None)]
+    known, greedy = cache.get(items)
+    assert len(known.target_ids) <= 2 and known.top_idx.shape == (len(known.target_ids), 5)
+    assert known.top_idx.dtype == torch.int32 and known.top_logp.dtype == torch.float16
+    # The teacher is the frozen model's own distribution: its argmax is the first top-k id.
+    logits, _, _ = lm.target_logits(lm.tokenize([items[0][0]]), [list(known.target_ids)])
+    assert torch.equal(logits[0].argmax(-1).to(torch.int32), known.top_idx[:, 0])
+    # Without an answer the scored tokens are the frozen model's greedy continuation.
+    assert len(greedy.target_ids) == 3
+    ids = lm.tokenize([items[1][0]])[0]
+    for tok in greedy.target_ids:
+        assert int(llm(input_ids=torch.tensor([ids])).logits[0, -1].argmax()) == tok
+        ids = ids + [tok]
+    assert cache.dirty and len(cache) == 2
+    cache.save(tmp_path / "cache.pt")
+    again = LocalityCache(lm, topk=5, max_tokens=2, greedy_tokens=3)
+    assert again.load(tmp_path / "cache.pt") and len(again) == 2 and not again.dirty
+    [loaded] = again.get([items[0]])
+    assert torch.equal(loaded.top_idx, known.top_idx) and torch.equal(loaded.top_logp, known.top_logp)
+    assert not again.dirty  # served from the cache, nothing computed
+    other = LocalityCache(lm, topk=7, max_tokens=2, greedy_tokens=3)
+    assert not other.load(tmp_path / "cache.pt") and len(other) == 0  # other settings: ignored
+
+
+def test_data_order_is_a_permutation_per_epoch() -> None:
+    order = trainer_module._Order(10, seed=3)
+    epoch0 = [i for s in range(5) for i in order.batch(s, 2)]
+    epoch1 = [i for s in range(5, 10) for i in order.batch(s, 2)]
+    assert sorted(epoch0) == list(range(10)) == sorted(epoch1)
+    assert epoch0 != epoch1
+    assert trainer_module._Order(10, seed=3).batch(7, 2) == order.batch(7, 2)
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def test_cli_train_maps_options_to_the_config(files) -> None:  # noqa: ANN001
+    from recipe_chain.commands.train import config_from_args
+
+    args = build_parser().parse_args([
+        "train", "--data", str(files["data"]), "--data", str(files["data"]), "--llm", "default", "--out", "x",
+        "--steps", "7", "--batch-size", "4", "--lr", "0.01", "--backbone-lr", "0.002", "--prompt-lr", "0.005", "--weight-locality", "0.5",
+        "--prompt-len", "2", "--rep-dim", "64", "--backbone-tuning", "frozen", "--seed", "3", "--device", "cpu",
+        "--threads", "1", "--hinge-threshold", "none", "--extra-locality", str(files["questions"]),
+    ])
+    config = config_from_args(args)
+    assert config.data == [files["data"], files["data"]] and config.extra_locality == [files["questions"]]
+    assert (config.steps, config.batch_size, config.lr, config.backbone_lr, config.prompt_lr) == (7, 4, 0.01, 0.002, 0.005)
+    assert (config.weight_locality, config.weight_reliability) == (0.5, 1.0)
+    assert (config.prompt_len, config.rep_dim, config.backbone_tuning, config.seed) == (2, 64, "frozen", 3)
+    assert config.hinge_threshold is None and config.threads == 1 and config.device == "cpu"
+    defaults = config_from_args(build_parser().parse_args(
+        ["train", "--data", str(files["data"]), "--llm", "default", "--out", "x"]))
+    assert defaults == TrainingConfig(data=[files["data"]])
+
+
+def test_cli_train_reports_a_missing_data_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--data", str(tmp_path / "missing.json"), "--llm", "default", "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "missing.json" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--llm", "default", "--out", "x"])  # --data is required
+
+
+@pytest.mark.integration
+def test_cli_train_runs_on_a_local_model_directory(files, tmp_path: Path) -> None:  # noqa: ANN001
+    """``--llm PATH`` with a tiny model saved to disk; the editor uses the real MiniLM backbone."""
+    llm, tokenizer = tiny_causal_lm("llama")
+    model_dir = tmp_path / "tiny-llm"
+    llm.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "run"
+    code = main([
+        "train", "--data", str(files["data"]), "--llm", str(model_dir), "--out", str(out), "--steps", "2",
+        "--batch-size", "4", "--eval-examples", "0", "--device", "cpu", "--threads", "1",
+    ])
+    assert code == 0
+    loaded = RecipeEditor.from_pretrained(out / "checkpoint")
+    assert loaded.config.llm_id == str(model_dir)
+    assert [r["step"] for r in _train_rows(out)] == [1, 2]
