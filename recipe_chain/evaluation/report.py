@@ -1,0 +1,352 @@
+"""Writing an evaluation's results: ``results.json``, a markdown report and PNG plots.
+
+:func:`write_report` puts into a directory:
+
+* ``results.json`` -- :class:`~recipe_chain.evaluation.harness.EvalResults`, every number
+  plus the full configuration;
+* ``results.md`` -- :func:`markdown_report`: tables with one row per method (quality,
+  gate statistics, cost), the metrics against ``T``, gate latency against store size;
+* ``metrics_vs_T.png`` -- each metric against ``T`` (log x axis), one line per method;
+* ``gate_latency_vs_store_size.png`` -- gate latency (p50 and p95) against store size.
+
+Plots are drawn on a bare ``matplotlib.figure.Figure`` with the Agg canvas, so nothing
+touches pyplot's global state or needs a display.
+
+Example:
+    >>> from recipe_chain.evaluation.report import write_report
+    >>> paths = write_report(results, "benchmarks/results/eval/cf-T100")  # doctest: +SKIP
+    >>> sorted(paths)  # doctest: +SKIP
+    ['gate_latency', 'json', 'markdown', 'metrics_vs_T']
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from recipe_chain.evaluation.harness import CheckpointResult, EvalResults, MethodMetrics
+
+__all__ = [
+    "PLOTTED_METRICS",
+    "markdown_report",
+    "plot_metrics_vs_t",
+    "plot_gate_latency",
+    "write_report",
+    "write_json",
+]
+
+logger = logging.getLogger(__name__)
+
+PLOTTED_METRICS: tuple[tuple[str, str, Callable[[MethodMetrics], float | None]], ...] = (
+    ("reliability", "Reliability", lambda m: m.reliability),
+    ("generality", "Generality", lambda m: m.generality),
+    ("locality", "Locality", lambda m: m.locality),
+    ("em_prompt", "EM (prompt, greedy)", lambda m: m.em_prompt),
+    ("em_paraphrase", "EM (paraphrase, greedy)", lambda m: m.em_paraphrase),
+    ("locality_unchanged", "Locality output unchanged", lambda m: m.locality_unchanged),
+    ("correct_hit_prompt", "Correct hit (prompt)", lambda m: m.gate.correct_hit_prompt),
+    ("correct_hit_paraphrase", "Correct hit (paraphrase)", lambda m: m.gate.correct_hit_paraphrase),
+    ("false_fire_locality", "False fire (locality)", lambda m: m.gate.false_fire_locality),
+    ("false_fire_general", "False fire (general questions)", lambda m: m.gate.false_fire_general),
+)
+"""``(key, title, getter)`` of each metric drawn against ``T``."""
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+_DASHES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)))
+
+
+def _f(value: float | int | None, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def _ms(summary: dict[str, Any] | None, key: str) -> str:
+    if not summary or summary.get(key) is None:
+        return "–"
+    return f"{1000 * summary[key]:.1f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _final(results: EvalResults) -> CheckpointResult:
+    if results.final is not None:
+        return results.final
+    if not results.checkpoints:
+        raise ValueError("the results hold no measurement yet")
+    return results.checkpoints[-1]
+
+
+def markdown_report(results: EvalResults) -> str:
+    """The human-readable report of a run (tables with one row per method).
+
+    Args:
+        results: Complete or partial results (partial: the last checkpoint is shown).
+
+    Returns:
+        Markdown text.
+
+    Raises:
+        ValueError: If the results hold no measurement.
+    """
+    final = _final(results)
+    cfg = results.config
+    ev = cfg.get("eval", {})
+    data = cfg.get("data", {}) or {}
+    lines: list[str] = []
+    status = "" if results.complete else " (PARTIAL: run in progress)"
+    lines.append(f"# Lifelong editing: {Path(str(data.get('path', 'data'))).name}, T = {final.t}{status}")
+    lines.append("")
+    trained = cfg.get("trained")
+    lines.append(
+        f"LLM `{cfg.get('llm_id')}`; RECIPE checkpoint `{cfg.get('checkpoint') or '-'}` "
+        f"(fingerprint `{cfg.get('editor_fingerprint')}`{'' if trained is not False else ', UNTRAINED'}); "
+        f"seed {ev.get('seed')}; {final.n_measured} examples measured after {final.t} sequential edits; "
+        f"{final.counts.get('general', 0)} general questions. "
+        f"Data sha256 `{str(data.get('sha256', ''))[:16]}`."
+    )
+    if cfg.get("command"):
+        lines += ["", f"Command: `{cfg['command']}`"]
+    methods = list(final.methods)
+
+    lines += ["", f"## Quality at T = {final.t}", ""]
+    lines += _table(
+        ["method", "Reliability", "Generality", "Locality", "EM prompt", "EM paraphrase", "Locality unchanged"],
+        [
+            [f"`{m}`", _f(mm.reliability), _f(mm.generality), _f(mm.locality), _f(mm.em_prompt),
+             _f(mm.em_paraphrase), _f(mm.locality_unchanged)]
+            for m, mm in final.methods.items()
+        ],
+    )
+    lines += ["", "Reliability/Generality: teacher-forced token accuracy of the new target; Locality: share of the "
+              "unedited model's argmax tokens kept; EM: greedy "
+              f"{ev.get('gen_tokens', 16)}-token output starts with the new target; Locality unchanged: greedy "
+              "output identical to the unedited model's."]
+
+    lines += ["", "## Gate statistics", ""]
+    lines += _table(
+        ["method", "hit rate (prompt)", "correct hit (prompt)", "correct hit (paraphrase)",
+         "false fire (locality)", "false fire (general)"],
+        [
+            [f"`{m}`", _f(mm.gate.hit_rate), _f(mm.gate.correct_hit_prompt), _f(mm.gate.correct_hit_paraphrase),
+             _f(mm.gate.false_fire_locality), _f(mm.gate.false_fire_general)]
+            for m, mm in final.methods.items()
+        ],
+    )
+
+    lines += ["", "## Cost per query", ""]
+    lines += _table(
+        ["method", "+ text tokens (LLM)", "+ text tokens (cl100k)", "+ virtual tokens",
+         "score p50 / p95 ms", f"gen{ev.get('gen_tokens', 16)} p50 / p95 ms", "tokens generated"],
+        [
+            [
+                f"`{m}`",
+                _f(mm.added_tokens.llm_text, 2),
+                _f(mm.added_tokens.cl100k, 2),
+                _f(mm.added_tokens.virtual, 2),
+                f"{_ms(mm.latency.score_s if mm.latency else None, 'p50')} / "
+                f"{_ms(mm.latency.score_s if mm.latency else None, 'p95')}",
+                f"{_ms(mm.latency.generate_s if mm.latency else None, 'p50')} / "
+                f"{_ms(mm.latency.generate_s if mm.latency else None, 'p95')}",
+                _f(mm.latency.generated_tokens_mean if mm.latency else None, 1),
+            ]
+            for m, mm in final.methods.items()
+        ],
+    )
+    if "no-edit" in final.methods and final.methods["no-edit"].latency is not None:
+        base = final.methods["no-edit"].latency.generate_s.get("p50")
+        overheads = []
+        for m, mm in final.methods.items():
+            if m != "no-edit" and mm.latency is not None and base and mm.latency.generate_s.get("p50") is not None:
+                overheads.append(f"`{m}` {100 * (mm.latency.generate_s['p50'] / base - 1):+.1f}%")
+        if overheads:
+            lines += ["", "Added generation latency vs `no-edit` (p50): " + ", ".join(overheads) + "."]
+    el = results.edit_latency_s
+    lines += [
+        "",
+        f"Edit latency (`store.add_edit`, {el.get('n')} edits): p50 {_ms(el, 'p50')} ms, p95 {_ms(el, 'p95')} ms. "
+        f"Peak memory {_f(results.peak_memory_mib, 0)} MiB. Wall time {results.wall_time_s / 60:.1f} min.",
+    ]
+    if results.text_rag_threshold is not None:
+        th = results.text_rag_threshold
+        lines += [
+            "",
+            f"text-rag threshold {th.value:.4f}, tuned on {th.dev_size} dev examples ({th.dev_source}): dev "
+            f"objective {th.dev_objective:.3f} (hit accuracy {_f(th.dev_hit_accuracy)}, non-fire "
+            f"{_f(th.dev_non_fire)}). {th.procedure}",
+        ]
+
+    if final.diagnostics:
+        lines += ["", "## Diagnostics", ""]
+        lines += _table(["figure", "value"], [[k, _f(v)] for k, v in final.diagnostics.items()])
+        cond_rows = [
+            [f"`{m}`"] + [_f(mm.conditional.get(k)) for k in (
+                "reliability_given_correct_hit", "generality_given_correct_hit",
+                "locality_given_fire", "locality_given_no_fire")]
+            for m, mm in final.methods.items() if mm.conditional
+        ]
+        if cond_rows:
+            lines += [""]
+            lines += _table(
+                ["method", "Reliability given correct hit", "Generality given correct hit", "Locality when fired",
+                 "Locality when not fired"],
+                cond_rows,
+            )
+
+    if len(results.checkpoints) > 1 or not results.complete:
+        lines += ["", "## Metrics against T", ""]
+        rows = []
+        for cp in results.checkpoints:
+            for m in methods:
+                mm = cp.methods.get(m)
+                if mm is None:
+                    continue
+                rows.append([
+                    str(cp.t) + (" (sub)" if cp.subsampled else ""), f"`{m}`", _f(mm.reliability), _f(mm.generality),
+                    _f(mm.locality), _f(mm.em_prompt), _f(mm.em_paraphrase), _f(mm.locality_unchanged),
+                    _f(mm.gate.correct_hit_prompt), _f(mm.gate.false_fire_locality), _f(mm.gate.false_fire_general),
+                ])
+        lines += _table(
+            ["T", "method", "Rel", "Gen", "Loc", "EM p", "EM para", "Loc unch", "correct hit", "FF loc", "FF gen"],
+            rows,
+        )
+        subs = [cp for cp in results.checkpoints if cp.subsampled]
+        if subs:
+            lines += ["", f"(sub): measured on a seeded random subsample of {subs[0].n_measured} of the first T edits."]
+
+    if results.gate_latency:
+        lines += ["", "## Gate latency against store size", ""]
+        lines += _table(
+            ["store size", "p50 ms", "p95 ms"],
+            [[str(p.store_size), _f(None if p.p50_s is None else 1000 * p.p50_s, 1),
+              _f(None if p.p95_s is None else 1000 * p.p95_s, 1)] for p in results.gate_latency],
+        )
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _figure(rows: int, cols: int, size: tuple[float, float]) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def plot_metrics_vs_t(results: EvalResults, path: str | os.PathLike[str]) -> Path:
+    """Each metric against ``T`` (log x axis), one line per method; saved as PNG.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: If the results hold no checkpoint.
+    """
+    if not results.checkpoints:
+        raise ValueError("no checkpoints to plot")
+    methods = list(results.checkpoints[-1].methods)
+    cols = 5
+    rows = -(-len(PLOTTED_METRICS) // cols)
+    fig, axes = _figure(rows, cols, (4.0 * cols, 3.2 * rows))
+    for k, (_, title, get) in enumerate(PLOTTED_METRICS):
+        ax = axes[k // cols][k % cols]
+        for j, m in enumerate(methods):
+            pts = [(cp.t, get(cp.methods[m])) for cp in results.checkpoints if m in cp.methods]
+            pts = [(t, v) for t, v in pts if v is not None]
+            if pts:  # distinct markers and dashes: methods with equal values stay visible
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=m, alpha=0.85,
+                        marker=_MARKERS[j % len(_MARKERS)], linestyle=_DASHES[j % len(_DASHES)],
+                        markersize=8 - j, linewidth=2.2 - 0.3 * j)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("T (sequential edits)")
+        ax.grid(True, alpha=0.3)
+    for k in range(len(PLOTTED_METRICS), rows * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_gate_latency(results: EvalResults, path: str | os.PathLike[str]) -> Path:
+    """Gate latency (p50, p95, ms) against store size (log x axis); saved as PNG.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: If no gate latency was measured.
+    """
+    points = [p for p in results.gate_latency if p.p50_s is not None]
+    if not points:
+        raise ValueError("no gate latency to plot")
+    fig, axes = _figure(1, 1, (6.0, 4.0))
+    ax = axes[0][0]
+    sizes = [p.store_size for p in points]
+    ax.plot(sizes, [1000 * p.p50_s for p in points], marker="o", label="p50")
+    p95 = [(p.store_size, 1000 * p.p95_s) for p in points if p.p95_s is not None]
+    ax.plot([x for x, _ in p95], [y for _, y in p95], marker="s", label="p95")
+    ax.set_xscale("log")
+    ax.set_xlabel("store size (edits)")
+    ax.set_ylabel("store.gate latency (ms, batch size 1)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_json(results: EvalResults, path: str | os.PathLike[str]) -> Path:
+    """Write ``results`` as strict JSON (no NaN), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(results.model_dump(mode="json"), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(results: EvalResults, out_dir: str | os.PathLike[str], *, plots: bool = True) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and (with ``plots``) the PNG plots.
+
+    Args:
+        results: The run's results.
+        out_dir: Output directory (created).
+        plots: Draw the PNG plots.
+
+    Returns:
+        ``{"json", "markdown", "metrics_vs_T", "gate_latency"}`` -> written paths (plots
+        only when drawn).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": write_json(results, out / "results.json"),
+        "markdown": out / "results.md",
+    }
+    paths["markdown"].write_text(markdown_report(results))
+    if plots:
+        paths["metrics_vs_T"] = plot_metrics_vs_t(results, out / "metrics_vs_T.png")
+        if any(p.p50_s is not None for p in results.gate_latency):
+            paths["gate_latency"] = plot_gate_latency(results, out / "gate_latency_vs_store_size.png")
+    logger.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
+    return paths
