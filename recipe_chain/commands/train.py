@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-limit", type=int, default=None, metavar="N", help="Read at most N records per file.")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="Learning rate of the knowledge/query heads and the sentinel.")
+    p.add_argument("--lr", type=float, default=None, help="Learning rate of the query/knowledge heads and sentinel.")
     p.add_argument("--prompt-lr", type=float, default=None, help="Learning rate of the prompt encoder.")
     p.add_argument("--backbone-lr", type=float, default=None, help="Learning rate of the backbone adapter.")
     p.add_argument("--warmup-steps", type=int, default=None)

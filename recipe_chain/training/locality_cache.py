@@ -64,7 +64,9 @@ class LocalityCache:
 
     def __init__(self, lm: PrefixedCausalLM, *, topk: int = 64, max_tokens: int = 4, greedy_tokens: int = 3) -> None:
         if topk < 1 or max_tokens < 1 or greedy_tokens < 1:
-            raise ValueError(f"topk, max_tokens and greedy_tokens must be >= 1; got {topk}, {max_tokens}, {greedy_tokens}")
+            raise ValueError(
+                f"topk, max_tokens and greedy_tokens must be >= 1; got {topk}, {max_tokens}, {greedy_tokens}"
+            )
         self.lm = lm
         self.topk = topk
         self.max_tokens = max_tokens

@@ -198,7 +198,9 @@ def retrieval_logits(
     logits = scaled_dot(queries.float(), candidates.float())  # (Q, K+1)
     if key_mask is not None:
         if key_mask.shape != (queries.shape[0], keys.shape[0]):
-            raise ValueError(f"key_mask must be (Q, K) = {(queries.shape[0], keys.shape[0])}; got {tuple(key_mask.shape)}")
+            raise ValueError(
+                f"key_mask must be (Q, K) = {(queries.shape[0], keys.shape[0])}; got {tuple(key_mask.shape)}"
+            )
         keep = torch.cat([key_mask.bool(), key_mask.new_ones(queries.shape[0], 1, dtype=torch.bool)], dim=1)
         logits = logits.masked_fill(~keep, _NEG)
     return logits
