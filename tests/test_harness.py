@@ -607,6 +607,37 @@ def test_end_to_end_with_the_real_store(models, tmp_path):
     json.dumps(results.model_dump(mode="json"), allow_nan=False)
 
 
+def test_cli_resume_with_the_real_persistent_store(models, tmp_path, monkeypatch, capsys):
+    """A crash after the T=4 checkpoint, then ``--resume``: the on-disk store is reused."""
+    llm, tok, editor = models
+    monkeypatch.setattr("recipe_chain.commands.evaluate.load_eval_models",
+                        lambda checkpoint, llm_spec, allow_untrained=False: (llm, tok, editor,
+                                                                            {"checkpoint": None, "trained": False}))
+    path, _ = _write_formats(tmp_path)["counterfact_flat"]
+    out = tmp_path / "out"
+    argv = ["eval", "--data", str(path), "--edits", "6", "--methods", "no-edit,recipe", "--general-n", "0",
+            "--t-grid", "2,4", "--latency-samples", "1", "--gate-latency-samples", "1", "--gen-tokens", "3",
+            "--no-plots", "--no-progress", "--out", str(out)]
+    real_measure = LifelongEvaluator.measure
+
+    def crash_at_final(self, store, examples, edit_ids, questions=(), *, t, **kwargs):
+        if t == 6:
+            raise RuntimeError("simulated crash")
+        return real_measure(self, store, examples, edit_ids, questions, t=t, **kwargs)
+
+    monkeypatch.setattr(LifelongEvaluator, "measure", crash_at_final)
+    with pytest.raises(RuntimeError):
+        main(argv)
+    assert json.loads((out / H.PARTIAL_FILE).read_text())["resume"]["t_done"] == 4
+    monkeypatch.setattr(LifelongEvaluator, "measure", real_measure)
+    assert main([*argv, "--resume"]) == 0
+    raw = json.loads((out / "results.json").read_text())
+    assert [c["t"] for c in raw["checkpoints"]] == [2, 4, 6] and raw["edit_latency_s"]["n"] == 6
+    assert raw["final"]["n_superseded_excluded"] == 0 and raw["final"]["counts"]["prompt"] == 6
+    assert raw["config"]["store"] == str(out / "store")
+    assert not (out / H.PARTIAL_FILE).exists() and not (out / H.JOURNAL_FILE).exists()
+
+
 @pytest.mark.integration
 def test_quick_run_on_the_real_default_models(tmp_path, monkeypatch, capsys):
     """``recipe-chain eval`` on SmolLM2 + MiniLM (untrained editor) and real CounterFact records."""

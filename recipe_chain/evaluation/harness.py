@@ -1051,10 +1051,13 @@ class LifelongEvaluator:
             t: Store size, for the record.
             subsampled: Whether ``examples`` is a subsample, for the record.
             with_latency: Also time each method per query (batch size 1).
-            seed: Seed of the latency sample.
+            seed: Seed of the latency sample and of the generation subsample.
 
         Returns:
             The :class:`CheckpointResult`.
+
+        Raises:
+            ValueError: If the lengths disagree, or text-rag's threshold is not tuned.
         """
         if len(examples) != len(edit_ids):
             raise ValueError(f"{len(examples)} examples but {len(edit_ids)} edit ids")
@@ -1077,7 +1080,7 @@ class LifelongEvaluator:
         methods = self.config.methods
         computed = ("no-edit", *[m for m in methods if m != "no-edit"])
         statements = {eid: ex.statement for eid, ex in zip(edit_ids, examples)}
-        plans: dict[str, list[_Plan | None]] = {
+        plans: dict[str, list[_Plan]] = {
             m: [self._plan(m, r, gates[r.text], edit_ids, statements) for r in rows] for m in computed
         }
         scored = [i for i, r in enumerate(rows) if r.kind in _SCORED_KINDS]
@@ -1602,8 +1605,13 @@ class _RunState:
     wall_s_before: float = 0.0
 
 
+_VOLATILE_RUN_INFO = ("command", "git_commit")
+"""Run-information keys that may differ between a run and its resumption."""
+
+
 def _config_key(config_dump: dict[str, Any], selection: Selection) -> str:
-    payload = json.dumps({"config": config_dump, "selection": selection.summary()}, sort_keys=True, default=str)
+    stable = {k: v for k, v in config_dump.items() if k not in _VOLATILE_RUN_INFO}
+    payload = json.dumps({"config": stable, "selection": selection.summary()}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
