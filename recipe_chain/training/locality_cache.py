@@ -181,6 +181,7 @@ class LocalityCache:
         os.close(fd)
         try:
             torch.save(payload, tmp)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; this is an ordinary run file
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

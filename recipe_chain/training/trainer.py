@@ -662,6 +662,7 @@ def _atomic_torch_save(obj: object, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary run files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
