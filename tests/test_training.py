@@ -275,6 +275,21 @@ def test_locality_cache_computes_once_and_persists(tmp_path: Path) -> None:
     assert not other.load(tmp_path / "cache.pt") and len(other) == 0  # other settings: ignored
 
 
+def test_locality_prompt_equal_to_another_edit_prompt_shares_its_group(files, tmp_path: Path) -> None:  # noqa: ANN001
+    records = json.loads(files["data"].read_text())[:6]
+    records[0]["locality_prompt"] = records[1]["prompt"].upper()  # same prompt up to case and spacing
+    path = tmp_path / "edits.json"
+    path.write_text(json.dumps(records))
+    llm, tokenizer, editor = _models(files)
+    data = trainer_module._prepare(_config(files, data=[path], eval_examples=0), editor,
+                                   PrefixedCausalLM(llm, tokenizer))
+    by_prompt = {ex.prompt: ex for ex in data.train}
+    first, second = by_prompt[records[0]["prompt"]], by_prompt[records[1]["prompt"]]
+    assert first.locality_groups == [second.group]
+    assert by_prompt[records[2]["prompt"]].locality_groups == [-1]
+    assert len({ex.group for ex in data.train}) == 6
+
+
 def test_data_order_is_a_permutation_per_epoch() -> None:
     order = trainer_module._Order(10, seed=3)
     epoch0 = [i for s in range(5) for i in order.batch(s, 2)]

@@ -238,6 +238,7 @@ class _Example:
     paraphrases: list[str]
     locality: list[tuple[str, str | None]]
     group: int  # examples sharing a prompt share a group: never negatives of each other
+    locality_groups: list[int]  # per locality prompt: the group of an edit with that very prompt, or -1
     prompt_ids: list[int]
     paraphrase_ids: list[list[int]]
     target_ids: list[int]
@@ -279,7 +280,7 @@ def _prepare(config: TrainingConfig, editor: RecipeEditor, lm: PrefixedCausalLM)
         if not (fs and fp):
             dropped += 1
             continue
-        group = groups.setdefault(" ".join(e.prompt.lower().split()), len(groups))
+        group = groups.setdefault(_norm(e.prompt), len(groups))
         kept.append((e, s, paras, locs, group))
     if dropped:
         logger.warning("Dropped %d examples whose statement or prompt exceeds %d backbone tokens", dropped,
@@ -298,6 +299,9 @@ def _prepare(config: TrainingConfig, editor: RecipeEditor, lm: PrefixedCausalLM)
             paraphrases=paras,
             locality=locs,
             group=group,
+            # A locality prompt that is literally another edit's prompt (CounterFact has a
+            # few hundred) must not be taught to reject that edit's statement.
+            locality_groups=[groups.get(_norm(p), -1) for p, _ in locs],
             prompt_ids=pid,
             paraphrase_ids=[next(para_ids) for _ in paras],
             target_ids=tid,
@@ -316,6 +320,10 @@ def _prepare(config: TrainingConfig, editor: RecipeEditor, lm: PrefixedCausalLM)
                     config.extra_locality_skip)
     logger.info("Training on %d examples (%d held out for the sanity eval)", len(train_set), len(held_out))
     return _Data(train_set, held_out, extra, dropped)
+
+
+def _norm(prompt: str) -> str:
+    return " ".join(prompt.lower().split())
 
 
 def _derive(seed: int, *parts: object) -> int:
@@ -528,7 +536,9 @@ def _train_step(run: _Run, step: int) -> dict[str, float]:
 
     para_idx = [pick(len(ex.paraphrases)) if ex.paraphrases else -1 for ex in batch]
     loc_rows = [i for i, ex in enumerate(batch) if ex.locality]
-    loc_items = [batch[i].locality[pick(len(batch[i].locality))] for i in loc_rows]
+    loc_pick = [pick(len(batch[i].locality)) for i in loc_rows]
+    loc_items = [batch[i].locality[j] for i, j in zip(loc_rows, loc_pick)]
+    loc_groups = [batch[i].locality_groups[j] for i, j in zip(loc_rows, loc_pick)]
     n_extra = min(cfg.extra_locality_per_batch, len(data.extra_queries)) if cfg.weight_sentinel else 0
     extras = [data.extra_queries[pick(len(data.extra_queries))] for _ in range(n_extra)]
     paraphrases = [ex.paraphrases[j] if j >= 0 else ex.prompt for ex, j in zip(batch, para_idx)]
@@ -562,7 +572,9 @@ def _train_step(run: _Run, step: int) -> dict[str, float]:
             )
         if cfg.weight_sentinel:
             masked = sentinel_loss(q_edit, all_keys, kappa, key_mask=~same, **shaping)
-            loc = sentinel_loss(q_loc, all_keys, kappa, **shaping) if q_loc.shape[0] else zero
+            query_groups = torch.tensor(loc_groups + [-1] * len(extras), dtype=torch.long, device=device)
+            loc_mask = (query_groups[:, None] < 0) | (query_groups[:, None] != all_groups[None, :])  # (B_l + E, B + m)
+            loc = sentinel_loss(q_loc, all_keys, kappa, key_mask=loc_mask, **shaping) if q_loc.shape[0] else zero
             losses["sentinel"] = masked + loc
             losses["sentinel_masked"], losses["sentinel_locality"] = masked, loc
 
