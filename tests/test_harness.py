@@ -223,8 +223,11 @@ def test_select_examples_is_seeded_distinct_and_disjoint():
     assert len(prompts) == len(set(prompts)) == 15  # distinct facts, dev disjoint from eval
     full = select_examples(examples, 30, seed=0, dev_size=0)
     assert len({e.prompt for e in full.eval_examples}) == 30 and full.n_duplicate_prompts == 1
-    with pytest.raises(ValueError, match="only 30 usable"):
+    with pytest.raises(ValueError, match="only 30 usable.*--duplicate-facts supersede"):
         select_examples(examples, 31, seed=0, dev_size=0)
+    every = select_examples(examples, 31, seed=0, dev_size=0, duplicate_facts="supersede")
+    assert len(every.eval_examples) == 31 and every.n_duplicate_prompts == 1
+    assert every.summary()["duplicate_facts"] == "supersede"
     with pytest.raises(ValueError, match="--dev-data"):
         select_examples(examples, 30, seed=0, dev_size=5)
 
@@ -636,6 +639,21 @@ def test_cli_resume_with_the_real_persistent_store(models, tmp_path, monkeypatch
     assert raw["final"]["n_superseded_excluded"] == 0 and raw["final"]["counts"]["prompt"] == 6
     assert raw["config"]["store"] == str(out / "store")
     assert not (out / H.PARTIAL_FILE).exists() and not (out / H.JOURNAL_FILE).exists()
+
+
+def test_superseded_examples_are_not_measured(models):
+    """With duplicate_facts='supersede' the real store supersedes the earlier edit of a fact."""
+    llm, tok, editor = models
+    examples = make_examples(5)
+    examples.append(examples[2].model_copy(update={"target_new": "Berlin", "case_id": "again"}))
+    cfg = EvalConfig(edits=6, dev_size=0, methods=("no-edit", "recipe"), general_n=0, t_grid=(),
+                     latency_samples=0, gate_latency_samples=0, gen_tokens=2, duplicate_facts="supersede")
+    results = LifelongEvaluator(llm, tok, editor, cfg, progress=False).run(examples)
+    assert results.selection["n_duplicate_prompts"] == 1
+    assert results.final.n_superseded_excluded == 1 and results.final.n_measured == 5
+    with pytest.raises(ValueError, match="duplicate-facts"):
+        LifelongEvaluator(llm, tok, editor, cfg.model_copy(update={"duplicate_facts": "skip"}),
+                          progress=False).run(examples)
 
 
 @pytest.mark.integration

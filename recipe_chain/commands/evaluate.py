@@ -141,6 +141,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gate-margin", type=float, default=None, help="Extra margin of the sentinel gate (default 0).")
     p.add_argument("--candidate-k", type=_positive_int, default=None,
                    help="Candidates re-scored per query (default 8).")
+    p.add_argument("--duplicate-facts", choices=("skip", "supersede"), default=None,
+                   help="Examples whose prompt repeats an already taken one: 'skip' them (default: T distinct "
+                   "facts) or 'supersede' (edit them too, as corrections; the superseded examples are not "
+                   "measured). counterfact/eval.json has 9,917 distinct prompts, so T=10000 needs 'supersede'.")
     p.add_argument("--ephemeral-store", action="store_true",
                    help="Keep the store in memory instead of OUT/store (no --resume then).")
     p.add_argument("--resume", action="store_true",
@@ -167,7 +171,8 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
     if args.quick:
         values.update(QUICK_SETTINGS)
     for name in ("edits", "dev_size", "general_n", "t_grid", "checkpoint_sample", "gen_sample", "latency_samples",
-                 "gate_latency_samples", "gen_tokens", "batch_size", "gen_batch_size", "gate_margin", "candidate_k"):
+                 "gate_latency_samples", "gen_tokens", "batch_size", "gen_batch_size", "gate_margin", "candidate_k",
+                 "duplicate_facts"):
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
@@ -277,7 +282,7 @@ def _command_line(args: argparse.Namespace, cfg: Any, out: Path, checkpoint: str
         parts += ["--methods", ",".join(cfg.methods)]
     if checkpoint is not None:
         parts += ["--checkpoint", checkpoint]
-    for flag in ("llm", "dev_data", "general_questions"):
+    for flag in ("llm", "dev_data", "general_questions", "duplicate_facts"):
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", str(value)]

@@ -54,9 +54,12 @@ from it.
 
 Selection: examples any of whose texts exceed the knowledge encoder's token limit are
 left out; among the shuffled rest, an example whose prompt repeats an already selected
-prompt (the same fact with another target, e.g. CounterFact's twin cities) is skipped,
-so the ``T`` edits are ``T`` distinct facts and none supersedes another. Edits the store
-nevertheless marks superseded are excluded from measurement and counted.
+prompt (the same fact with another target, e.g. CounterFact's twin cities) is skipped by
+default, so the ``T`` edits are ``T`` distinct facts and none supersedes another. With
+``duplicate_facts="supersede"`` it is edited too, as a correction of the earlier edit
+(``counterfact/eval.json`` has 9,917 distinct prompts in 10,000 records, so ``T=10000``
+needs this). Edits the store marks superseded are excluded from measurement and counted
+(``n_superseded_excluded``).
 
 Example:
     >>> from recipe_chain.evaluation import EvalConfig, LifelongEvaluator
@@ -92,6 +95,7 @@ from recipe_chain.editor import RecipeEditor
 from recipe_chain.evaluation import metrics as M
 from recipe_chain.loading import llm_id_of
 from recipe_chain.prefix_lm import PrefixedCausalLM, TargetScore
+from recipe_chain.store import normalize_prompt
 from recipe_chain.text_rag import format_text_rag_prompt
 
 __all__ = [
@@ -175,6 +179,8 @@ class EvalConfig(BaseModel):
         gate_batch_size: Texts per ``gate_batch`` call.
         gate_margin: Extra margin of the store's gate (recorded; the store applies it).
         candidate_k: Candidates the store re-scores per query (recorded; the store applies it).
+        duplicate_facts: ``"skip"`` examples repeating an already taken prompt, or take
+            them too and let them ``"supersede"`` the earlier edit (see :func:`select_examples`).
 
     Example:
         >>> EvalConfig(edits=100).checkpoints()
@@ -199,6 +205,7 @@ class EvalConfig(BaseModel):
     gate_batch_size: int = Field(default=256, gt=0)
     gate_margin: float = 0.0
     candidate_k: int = Field(default=8, gt=0)
+    duplicate_facts: Literal["skip", "supersede"] = "skip"
 
     @field_validator("methods")
     @classmethod
@@ -390,7 +397,9 @@ class Selection(BaseModel):
         dev_examples: The dev split (disjoint prompts).
         n_available: Examples read from the data file.
         n_too_long: Examples left out because a text exceeds the encoder's token limit.
-        n_duplicate_prompts: Shuffled examples skipped because their prompt was already taken.
+        n_duplicate_prompts: Examples met while taking the ``T`` whose prompt repeats an
+            already taken one (skipped, or taken to supersede it; see ``duplicate_facts``).
+        duplicate_facts: ``"skip"`` or ``"supersede"``.
         dev_source: Where the dev split comes from.
     """
 
@@ -401,6 +410,7 @@ class Selection(BaseModel):
     n_available: int
     n_too_long: int
     n_duplicate_prompts: int
+    duplicate_facts: str = "skip"
     dev_source: str
 
     def summary(self) -> dict[str, Any]:
@@ -408,7 +418,8 @@ class Selection(BaseModel):
         return {
             "n_available": self.n_available,
             "n_too_long": self.n_too_long,
-            "n_duplicate_prompts_skipped": self.n_duplicate_prompts,
+            "n_duplicate_prompts": self.n_duplicate_prompts,
+            "duplicate_facts": self.duplicate_facts,
             "n_eval": len(self.eval_examples),
             "n_dev": len(self.dev_examples),
             "dev_source": self.dev_source,
@@ -506,10 +517,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _prompt_key(prompt: str) -> str:
-    return " ".join(prompt.split()).casefold()
-
-
 def _example_texts(ex: EditExample) -> list[str]:
     return [ex.statement, ex.prompt, *ex.paraphrases, *(loc.prompt for loc in ex.locality)]
 
@@ -540,8 +547,9 @@ def select_examples(
     dev_pool: Sequence[EditExample] | None = None,
     dev_source: str = "same file",
     fits: Callable[[Sequence[EditExample]], list[bool]] | None = None,
+    duplicate_facts: Literal["skip", "supersede"] = "skip",
 ) -> Selection:
-    """Shuffle with ``seed``, take ``edits`` distinct-prompt examples and a disjoint dev split.
+    """Shuffle with ``seed``, take ``edits`` examples and a disjoint dev split.
 
     Args:
         examples: The loaded examples.
@@ -552,6 +560,11 @@ def select_examples(
             (e.g. a training file); prompts shared with the evaluated examples are skipped.
         dev_source: How to describe the dev pool in the results.
         fits: Returns, per example, whether its texts fit the encoder (all fit if ``None``).
+        duplicate_facts: What to do with an example whose prompt (normalised as the store
+            does, :func:`~recipe_chain.store.normalize_prompt`) repeats an already taken
+            one: ``"skip"`` it (the ``T`` edits are ``T`` distinct facts), or take it too
+            (``"supersede"``: its edit supersedes the earlier one in the store, like a
+            correction; the superseded example is then left out of measurement).
 
     Returns:
         The :class:`Selection`.
@@ -562,6 +575,8 @@ def select_examples(
     """
     if edits < 1:
         raise ValueError(f"edits must be >= 1, got {edits}")
+    if duplicate_facts not in ("skip", "supersede"):
+        raise ValueError(f"duplicate_facts must be 'skip' or 'supersede', got {duplicate_facts!r}")
     examples = list(examples)
     ok = fits(examples) if fits is not None else [True] * len(examples)
     n_too_long = ok.count(False)
@@ -574,16 +589,26 @@ def select_examples(
     for i in order:
         if not ok[i]:
             continue
-        key = _prompt_key(examples[i].prompt)
-        if key in seen:
-            duplicates += 1 if len(chosen) < edits else 0
-            continue
+        key = normalize_prompt(examples[i].prompt)
+        repeated = key in seen
         seen.add(key)
-        (chosen if len(chosen) < edits else rest).append(examples[i])
+        if len(chosen) < edits:
+            duplicates += repeated
+            if not repeated or duplicate_facts == "supersede":
+                chosen.append(examples[i])
+        elif not repeated:
+            rest.append(examples[i])
     if len(chosen) < edits:
+        hint = (
+            "; pass --duplicate-facts supersede to also edit repeated facts (the later edit supersedes the earlier, "
+            "which is then not measured)"
+            if duplicate_facts == "skip" and duplicates
+            else ""
+        )
+        kind = "with distinct prompts " if duplicate_facts == "skip" else ""
         raise ValueError(
-            f"Asked for {edits} edits but the data has only {len(chosen)} usable examples with distinct prompts "
-            f"({len(examples)} read, {n_too_long} too long for the encoder)"
+            f"Asked for {edits} edits but the data has only {len(chosen)} usable examples {kind}"
+            f"({len(examples)} read, {n_too_long} too long for the encoder){hint}"
         )
     dev: list[EditExample] = []
     if dev_size:
@@ -595,7 +620,7 @@ def select_examples(
             for i in pool_order:
                 if len(dev) >= dev_size:
                     break
-                key = _prompt_key(pool[i].prompt)
+                key = normalize_prompt(pool[i].prompt)
                 if pool_ok[i] and key not in seen:
                     seen.add(key)
                     dev.append(pool[i])
@@ -615,6 +640,7 @@ def select_examples(
         n_available=len(examples),
         n_too_long=n_too_long,
         n_duplicate_prompts=duplicates,
+        duplicate_facts=duplicate_facts,
         dev_source=dev_source if dev_size else "none",
     )
 
@@ -843,6 +869,7 @@ class LifelongEvaluator:
             dev_pool=dev_pool,
             dev_source=dev_source,
             fits=lambda exs: _fits_encoder(exs, enc_tok, max_len),
+            duplicate_facts=self.config.duplicate_facts,
         )
 
     def run(
