@@ -603,7 +603,8 @@ class RecipeKnowledgeStore:
         limit = editor.config.max_length
         for start in range(0, len(statements), 1024):
             chunk = list(statements[start : start + 1024])
-            lengths = [len(ids) for ids in tokenizer(chunk, truncation=False)["input_ids"]]
+            with self._encode_lock:  # a fast tokenizer must not be used by two threads at once
+                lengths = [len(ids) for ids in tokenizer(chunk, truncation=False)["input_ids"]]
             for offset, n in enumerate(lengths):
                 if n > limit:
                     raise ValueError(
@@ -898,9 +899,10 @@ class RecipeKnowledgeStore:
         return self.delete_edits([edit_id])[0]
 
     def delete_edits(self, edit_ids: Sequence[str]) -> list[EditRecord]:
-        """Delete several edits (in the given order) and return them.
+        """Delete several edits (in the given order) and return them as they were when deleted.
 
-        All ids are checked first: if one is unknown, nothing is deleted.
+        All ids are checked first: if one is unknown, nothing is deleted. Deleting several
+        versions of one fact leaves the newest remaining version active.
 
         Raises:
             EditNotFoundError: If an id is unknown.
@@ -919,15 +921,18 @@ class RecipeKnowledgeStore:
                     + (f" (and {len(missing) - 1} more unknown ids)" if len(missing) > 1 else "")
                     + "; nothing was deleted"
                 )
-            records = [self._record(i, found[i].meta, found[i].document) for i in ids]
-            simple = [r.edit_id for r in records if not r.previous_targets]  # nothing can point at these
+            records = {i: self._record(i, found[i].meta, found[i].document) for i in ids}
+            simple = [i for i in ids if not records[i].previous_targets]  # no edit can point at these
             for start in range(0, len(simple), _PAGE):
                 self._collection.delete(ids=simple[start : start + _PAGE])
-            for record in records:
-                if record.previous_targets:
-                    self._delete_linked(record)
-        logger.info("Deleted %d edit(s) from %s", len(records), self.identity)
-        return records
+            for edit_id in ids:
+                if records[edit_id].previous_targets:
+                    # Re-read it: deleting an earlier id of this call may have re-activated or relinked it.
+                    now = self._fetch([edit_id])[edit_id]
+                    records[edit_id] = self._record(edit_id, now.meta, now.document)
+                    self._delete_linked(records[edit_id])
+        logger.info("Deleted %d edit(s) from %s", len(ids), self.identity)
+        return [records[i] for i in ids]
 
     def _delete_linked(self, record: EditRecord) -> None:
         """Delete an edit that may have superseded others, fixing their links first."""

@@ -459,6 +459,19 @@ def test_corrections_supersede_and_undo_reactivates(make_store: StoreFactory, ed
     assert store.count(include_inactive=True) == 2
 
 
+@pytest.mark.parametrize("order", ["newest first", "oldest first"])
+def test_deleting_several_versions_at_once(make_store: StoreFactory, editor: RecipeEditor, order: str) -> None:
+    store = make_store(editor)
+    a, b, c = (store.add_edit("The capital of France is", t) for t in ("Rome", "Lyon", "Nice"))
+    ids = [c.edit_id, b.edit_id] if order == "newest first" else [b.edit_id, c.edit_id]
+    deleted = store.delete_edits(ids)
+    assert [r.edit_id for r in deleted] == ids
+    left = store.get_edit(a.edit_id)
+    assert left.active and left.superseded_by is None
+    assert store.count() == 1 and store.count(include_inactive=True) == 1
+    assert [x.record.edit_id for x in store.query("The capital of France is", k=3)] == [a.edit_id]
+
+
 def test_corrections_within_one_batch(make_store: StoreFactory, editor: RecipeEditor) -> None:
     store = make_store(editor)
     records = store.add_edits(
