@@ -63,6 +63,14 @@ _LAZY_EXPORTS: dict[str, str] = {
     "RecipeEmbeddings": "recipe_chain.embeddings",
     "build_text_rag_chain": "recipe_chain.text_rag",
     "format_text_rag_prompt": "recipe_chain.text_rag",
+    "RecipeKnowledgeStore": "recipe_chain.store",
+    "EditRecord": "recipe_chain.store",
+    "GateCandidate": "recipe_chain.store",
+    "GateResult": "recipe_chain.store",
+    "load_default_editor": "recipe_chain.defaults",
+    "default_checkpoint_path": "recipe_chain.defaults",
+    "TrainingConfig": "recipe_chain.training",
+    "train": "recipe_chain.training",
 }
 __all__ += list(_LAZY_EXPORTS)
 
