@@ -1,0 +1,455 @@
+"""Knowledge-store benchmark: add_edit latency, add_edits throughput, gate latency at 1k-100k edits.
+
+Uses the real default models: SmolLM2-135M-Instruct (for the prompt-vector width) and
+the all-MiniLM-L6-v2 knowledge encoder. The editor is the shipped trained checkpoint when
+one exists, otherwise ``RecipeEditor.from_backbone(llm)`` with randomly initialised heads
+(the store's speed does not depend on training); the results say which.
+
+Edits: real CounterFact statements from ``../shared/data/counterfact/{train,eval}.json``
+(up to 20k, one per normalised prompt), then synthetic statements ("Synthetic entity 12345
+... is ...") up to the largest size. Gate queries: CounterFact rephrase prompts of stored
+edits and NQ-open questions (half each), all distinct.
+
+How the big stores are built: the keys of all statements are computed in bulk with
+``editor.encode_statements`` (cached under ``$RECIPE_CHAIN_CACHE/bench`` for reruns) and
+inserted through the store's internal batch writer ``RecipeKnowledgeStore._write_batch``
+(1,000 edits per Chroma call), i.e. the same write path as ``add_edits`` minus encoding.
+``add_edit`` latency and ``add_edits`` throughput are measured through the public API.
+
+Per store size and backend (embedded ``PersistentClient``; a ``chroma run`` server via
+``HttpClient``):
+* gate latency (``store.gate``) p50/p95 wall time, p50 process CPU time, and a p50
+  breakdown: query encoding, the Chroma query, the rest (exact re-scoring, records,
+  prompt vectors);
+* ``add_edit`` latency p50/p95 (one edit, encoding included).
+Plus ``add_edits`` throughput into an empty namespace (encoding included) per backend.
+
+torch runs with ``--threads`` intra-op threads (default 1: on this 2-core machine,
+shared with other work, one thread gave lower single-query latency than two).
+
+Run:  .venv/bin/python benchmarks/bench_store.py [--quick]
+Writes benchmarks/results/store.{json,md} (``--quick`` writes store-quick.{json,md}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info, percentile, write_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SUBJECTS = ["Aldren", "Borvik", "Celandine", "Dovras", "Elmira", "Fenwick", "Galrod", "Hestia", "Ivoren", "Jorund"]
+RELATIONS = [
+    ("The mother tongue of {s} is", ["English", "French", "Swahili", "Tamil", "Basque"]),
+    ("{s} was born in", ["Lisbon", "Osaka", "Lagos", "Quito", "Tromsø"]),
+    ("The occupation of {s} is", ["pilot", "baker", "surgeon", "poet", "architect"]),
+    ("{s} is a citizen of", ["Chile", "Norway", "Kenya", "Vietnam", "Canada"]),
+    ("The favourite instrument of {s} is the", ["cello", "sitar", "oboe", "banjo", "organ"]),
+]
+
+
+def synthetic(i: int) -> tuple[str, str, str]:
+    """A distinct synthetic edit ``(prompt, target, subject)`` for index ``i``."""
+    subject = f"{SUBJECTS[i % len(SUBJECTS)]} {i}"
+    template, targets = RELATIONS[(i // len(SUBJECTS)) % len(RELATIONS)]
+    return template.format(s=subject), targets[i % len(targets)], subject
+
+
+def load_pool(n: int, n_queries: int) -> tuple[list[tuple[str, str, str | None]], list[str], int]:
+    """``n`` edits (real CounterFact first, then synthetic), distinct queries, and the real count."""
+    from recipe_chain.data import load_edit_examples, load_questions
+    from recipe_chain.store import normalize_prompt
+
+    edits: list[tuple[str, str, str | None]] = []
+    paraphrases: list[str] = []
+    seen: set[str] = set()
+    for name in ("train.json", "eval.json"):
+        for ex in load_edit_examples(DATA / "counterfact" / name):
+            norm = normalize_prompt(ex.prompt)
+            if norm in seen or len(edits) >= min(n, 20_000):
+                continue
+            seen.add(norm)
+            edits.append((ex.prompt, ex.target_new, ex.subject))
+            if ex.paraphrases:
+                paraphrases.append(ex.paraphrases[0])
+    real = len(edits)
+    i = 0
+    while len(edits) < n:
+        edits.append(synthetic(i))
+        i += 1
+    questions = [q.prompt for q in load_questions(DATA / "general" / "nq-open.jsonl")]
+    rng = random.Random(0)
+    half = n_queries // 2
+    queries = rng.sample(paraphrases[: max(half, min(len(paraphrases), 1000))], half)
+    queries += rng.sample(questions, n_queries - half)
+    rng.shuffle(queries)
+    return edits, queries, real
+
+
+def bulk_keys(editor: Any, statements: Sequence[str], cache: Path | None) -> Any:
+    """``(N, d)`` keys of ``statements`` (sorted by length for less padding), cached on disk."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if cache is not None and cache.is_file():
+        keys = torch.load(cache)
+        if keys.shape[0] >= len(statements):
+            print(f"keys: loaded {len(statements)} from {cache}", flush=True)
+            return keys[: len(statements)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # bulk encoding uses every core; latencies use --threads
+    order = sorted(range(len(statements)), key=lambda i: len(statements[i]))
+    keys = torch.empty(len(statements), editor.config.rep_dim)
+    step = 1024
+    start = time.perf_counter()
+    for lo in tqdm(range(0, len(order), step), desc="Encoding statements", unit="batch"):
+        idx = order[lo : lo + step]
+        keys[idx] = editor.encode_statements([statements[i] for i in idx], batch_size=128)
+    torch.set_num_threads(threads)
+    rate = len(statements) / (time.perf_counter() - start)
+    print(f"keys: encoded {len(statements)} statements at {rate:.0f}/s", flush=True)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(keys, cache)
+    return keys
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def stats_ms(values: Sequence[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values]
+    return {
+        "p50_ms": round(percentile(ms, 0.5), 2),
+        "p95_ms": round(percentile(ms, 0.95), 2),
+        "mean_ms": round(sum(ms) / len(ms), 2),
+        "n": len(ms),
+    }
+
+
+def measure_gate(store: Any, queries: Sequence[str]) -> dict[str, Any]:
+    """``store.gate`` timings, then a profile: the same steps ``gate`` runs, timed one by one."""
+    from recipe_chain.gate import admits, sentinel_similarity
+
+    for q in queries[:5]:  # warm-up
+        store.gate(q)
+    walls, cpus = [], []
+    for q in queries:
+        wall, cpu = timed(lambda: store.gate(q))
+        walls.append(wall)
+        cpus.append(cpu)
+    parts: dict[str, list[float]] = {"encode_query": [], "chroma_search": [], "rescore_records_prompt_vectors": []}
+    for q in queries:
+        t0 = time.perf_counter()
+        rep = store._encode_queries([q])  # (1, d)
+        t1 = time.perf_counter()
+        found = store._search(rep, store.candidate_k)[0]
+        t2 = time.perf_counter()
+        candidates, keys = store._scored(rep[0], found)
+        sent = sentinel_similarity(rep[0], store._sentinel_key())
+        if candidates and admits(candidates[0].similarity, sent, margin=store.gate_margin, use_gate=store.use_gate):
+            store._prompt_vectors(keys[0])
+        t3 = time.perf_counter()
+        parts["encode_query"].append(t1 - t0)
+        parts["chroma_search"].append(t2 - t1)
+        parts["rescore_records_prompt_vectors"].append(t3 - t2)
+    out = stats_ms(walls)
+    out["cpu_p50_ms"] = round(percentile([c * 1000 for c in cpus], 0.5), 2)
+    out["breakdown_p50_ms"] = {k: round(percentile(v, 0.5) * 1000, 2) for k, v in parts.items()}
+    return out
+
+
+def measure_add_edit(store: Any, edits: Sequence[tuple[str, str, str | None]]) -> dict[str, Any]:
+    """``store.add_edit`` timings; the last third of the edits go in step by step, as a profile."""
+    from recipe_chain.store import normalize_prompt
+
+    split = len(edits) * 2 // 3
+    walls, cpus = [], []
+    for prompt, target, subject in edits[:split]:
+        wall, cpu = timed(lambda: store.add_edit(prompt, target, subject=subject))
+        walls.append(wall)
+        cpus.append(cpu)
+    parts: dict[str, list[float]] = {"encode_statement": [], "supersession_lookup": [], "write": []}
+    for prompt, target, subject in edits[split:]:
+        item = store._prepare(prompt, target, subject)
+        t0 = time.perf_counter()
+        keys = store._encode_statements(store.editor, [item.statement])
+        t1 = time.perf_counter()
+        store._active_heads([normalize_prompt(prompt)])  # the scan _write_batch runs (timed alone)
+        t2 = time.perf_counter()
+        store._write_batch([item], keys)  # verify collection + the same lookup + one upsert
+        t3 = time.perf_counter()
+        parts["encode_statement"].append(t1 - t0)
+        parts["supersession_lookup"].append(t2 - t1)
+        parts["write"].append(t3 - t2)
+    out = stats_ms(walls)
+    out["cpu_p50_ms"] = round(percentile([c * 1000 for c in cpus], 0.5), 2)
+    out["breakdown_p50_ms"] = {k: round(percentile(v, 0.5) * 1000, 2) for k, v in parts.items()}
+    return out
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_backend(
+    name: str, open_store: Callable[[str], Any], editor: Any, edits: list, keys: Any, queries: list[str],
+    sizes: list[int], n_add: int, n_throughput: int, extra: list,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"sizes": {}}
+    # add_edits throughput into an empty namespace, through the public API (encoding included).
+    store = open_store("throughput")
+    batch = [{"prompt": p, "target_new": t, "subject": s} for p, t, s in extra[:n_throughput]]
+    start = time.perf_counter()
+    store.add_edits(batch, batch_size=256, progress=False)
+    elapsed = time.perf_counter() - start
+    result["add_edits_throughput"] = {
+        "edits": len(batch), "seconds": round(elapsed, 2), "edits_per_s": round(len(batch) / elapsed, 1),
+        "batch_size": 256, "load_average": load_average(),
+    }
+    print(f"[{name}] add_edits: {len(batch) / elapsed:.1f} edits/s", flush=True)
+    store.clear()
+    store.close()
+
+    store = open_store("main")
+    filled, insert_seconds = 0, 0.0
+    add_offset = n_throughput
+    for size in sizes:
+        start = time.perf_counter()
+        while filled < size:
+            hi = min(size, filled + 1000)
+            items = [store._prepare(p, t, s) for p, t, s in edits[filled:hi]]
+            store._write_batch(items, keys[filled:hi])
+            filled = hi
+        insert_seconds += time.perf_counter() - start
+        assert store.count() >= size, (store.count(), size)
+        entry: dict[str, Any] = {
+            "stored_edits": store.count(),
+            "bulk_insert_edits_per_s": round(filled / insert_seconds, 1),
+            "load_average_before": load_average(),
+        }
+        entry["gate"] = measure_gate(store, queries)
+        print(f"[{name}] {size}: gate {entry['gate']}", flush=True)
+        entry["add_edit"] = measure_add_edit(store, extra[add_offset : add_offset + n_add])
+        add_offset += n_add
+        print(f"[{name}] {size}: add_edit {entry['add_edit']}", flush=True)
+        entry["load_average_after"] = load_average()
+        result["sizes"][str(size)] = entry
+    store.close()
+    return result
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    m = payload["machine"]
+    lines = [
+        "# Knowledge-store benchmark",
+        "",
+        f"`{payload['command']}` on {m['cpu_count']} CPUs ({m['processor']}), torch {m['torch']} with "
+        f"{payload['torch_threads']} intra-op thread(s), chromadb {payload['chromadb']}, {m['date']}.",
+        "",
+        f"Editor: {payload['editor']}. Edits: {payload['real_statements']} real CounterFact statements, "
+        "synthetic ones beyond. Keys of the pre-filled edits were computed in bulk and written through the "
+        "store's batch writer (1,000 per Chroma call); add_edit and add_edits go through the public API.",
+        f"The machine is shared: 1-minute load average {payload['load_average_start']} at the start, "
+        f"{payload['load_average_end']} at the end (2 cores). CPU times count this process only.",
+        "",
+        "## Gate latency (`store.gate`, one query: encode + Chroma top-k + exact re-score + prompt vectors)",
+        "",
+        "| backend | stored edits | p50 ms | p95 ms | CPU p50 ms | profile p50: encode query | Chroma search | re-score + records + prompt vectors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for backend, res in payload["backends"].items():
+        for size, e in res["sizes"].items():
+            g, b = e["gate"], e["gate"]["breakdown_p50_ms"]
+            lines.append(
+                f"| {backend} | {int(size):,} | {g['p50_ms']} | {g['p95_ms']} | {g['cpu_p50_ms']} | "
+                f"{b['encode_query']} | {b['chroma_search']} | {b['rescore_records_prompt_vectors']} |"
+            )
+    lines += [
+        "",
+        "## `add_edit` latency (one edit: validate, encode, supersession lookup, one Chroma upsert)",
+        "",
+        "| backend | stored edits | p50 ms | p95 ms | CPU p50 ms | calls | profile p50: encode statement | supersession lookup | write (lookup + upsert) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for backend, res in payload["backends"].items():
+        for size, e in res["sizes"].items():
+            a, b = e["add_edit"], e["add_edit"]["breakdown_p50_ms"]
+            lines.append(
+                f"| {backend} | {int(size):,} | {a['p50_ms']} | {a['p95_ms']} | {a['cpu_p50_ms']} | {a['n']} | "
+                f"{b['encode_statement']} | {b['supersession_lookup']} | {b['write']} |"
+            )
+    lines += [
+        "",
+        "## Throughput",
+        "",
+        "| backend | `add_edits` edits/s (encode + write, batch 256, empty store) | bulk insert edits/s (precomputed keys) |",
+        "|---|---|---|",
+    ]
+    for backend, res in payload["backends"].items():
+        last = list(res["sizes"].values())[-1]
+        lines.append(
+            f"| {backend} | {res['add_edits_throughput']['edits_per_s']} ({res['add_edits_throughput']['edits']} edits) | "
+            f"{last['bulk_insert_edits_per_s']} (to {int(list(res['sizes'])[-1]):,}) |"
+        )
+    if payload.get("bulk_encode_edits_per_s"):
+        lines.append("")
+        lines.append(f"Bulk statement encoding (MiniLM + knowledge head, batch 128): {payload['bulk_encode_edits_per_s']} statements/s.")
+    targets = payload["targets"]
+    lines += [
+        "",
+        "## Targets",
+        "",
+        f"- add_edit p50 <= 20 ms (embedded): measured {targets['add_edit_p50_ms']} ms at "
+        f"{targets['add_edit_at']:,} stored edits -> {'met' if targets['add_edit_met'] else 'missed'}.",
+        f"- gate p50 <= 15 ms at 100k (embedded): measured {targets['gate_p50_ms']} ms at "
+        f"{targets['gate_at']:,} stored edits -> {'met' if targets['gate_met'] else 'missed'}.",
+    ]
+    if payload.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in payload["notes"]]
+    return "\n".join(lines)
+
+
+def auto_notes(payload: dict[str, Any]) -> list[str]:
+    """Observations that follow from the numbers (where the time goes)."""
+    notes = []
+    for backend, res in payload["backends"].items():
+        sizes = res["sizes"]
+        if not sizes:
+            continue
+        big = max(sizes, key=int)
+        g, b = sizes[big]["gate"], sizes[big]["gate"]["breakdown_p50_ms"]
+        notes.append(
+            f"{backend}, {int(big):,} edits, gate profile p50: encoding the query (MiniLM-L6 + query head; "
+            f"independent of the store size) {b['encode_query']} ms, the Chroma top-{payload['candidate_k']} "
+            f"search {b['chroma_search']} ms, exact re-scoring + records + prompt vectors "
+            f"{b['rescore_records_prompt_vectors']} ms (gate p50 {g['p50_ms']} ms)."
+        )
+        a, c = sizes[big]["add_edit"], sizes[big]["add_edit"]["breakdown_p50_ms"]
+        notes.append(
+            f"{backend}, {int(big):,} edits, add_edit profile p50: encoding {c['encode_statement']} ms, the "
+            f"supersession lookup (a metadata scan on prompt_norm) {c['supersession_lookup']} ms, the whole "
+            f"write (lookup + one upsert) {c['write']} ms (add_edit p50 {a['p50_ms']} ms)."
+        )
+    return notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and few calls (a smoke run)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="store sizes (default 1000 10000 100000)")
+    parser.add_argument("--backends", nargs="+", default=["embedded", "server"], choices=["embedded", "server"])
+    parser.add_argument("--gates", type=int, default=None, help="timed gate calls per size (default 200)")
+    parser.add_argument("--adds", type=int, default=None, help="timed add_edit calls per size (default 100)")
+    parser.add_argument("--throughput", type=int, default=None, help="edits for the add_edits run (default 2000)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--workdir", default=None, help="where the stores are built (default: a temp dir)")
+    parser.add_argument("--no-key-cache", action="store_true", help="do not cache bulk-encoded keys")
+    args = parser.parse_args(argv)
+    sizes = sorted(args.sizes or ([1000, 5000] if args.quick else [1000, 10_000, 100_000]))
+    n_gates = args.gates or (30 if args.quick else 200)
+    n_add = args.adds or (20 if args.quick else 100)
+    n_throughput = args.throughput or (300 if args.quick else 2000)
+
+    os.environ.setdefault("RECIPE_CHAIN_CACHE", str(Path(tempfile.gettempdir()) / "rc-cache"))
+    import chromadb
+    import torch
+
+    from recipe_chain import RecipeEditor, load_default_llm
+    from recipe_chain.defaults import load_default_editor
+    from recipe_chain.editor import statement_of
+    from recipe_chain.loading import cache_dir
+    from recipe_chain.store import RecipeKnowledgeStore
+
+    torch.set_num_threads(args.threads)
+    load_start = load_average()
+    llm, _ = load_default_llm()
+    try:
+        editor = load_default_editor(llm)
+        editor_kind = "trained checkpoint (recipe_chain/checkpoints)"
+    except FileNotFoundError:
+        editor = RecipeEditor.from_backbone(llm)
+        editor_kind = "RecipeEditor.from_backbone(SmolLM2) with randomly initialised heads (no trained checkpoint yet)"
+    print(f"editor: {editor_kind}; fingerprint {editor.fingerprint}", flush=True)
+
+    n_extra = n_throughput + n_add * len(sizes)
+    edits, queries, real = load_pool(max(sizes) + n_extra, n_gates)
+    base, extra = edits[: max(sizes)], edits[max(sizes) :]
+    cache = None if args.no_key_cache else cache_dir() / "bench" / f"store-keys-{editor.fingerprint}-{max(sizes)}.pt"
+    encode_start = time.perf_counter()
+    keys = bulk_keys(editor, [statement_of(p, t) for p, t, _ in base], cache)
+    encode_seconds = time.perf_counter() - encode_start
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-store-"))
+    payload: dict[str, Any] = {
+        "command": ".venv/bin/python benchmarks/bench_store.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine_info(),
+        "torch_threads": torch.get_num_threads(),
+        "chromadb": chromadb.__version__,
+        "editor": editor_kind,
+        "editor_fingerprint": editor.fingerprint,
+        "rep_dim": editor.config.rep_dim,
+        "candidate_k": 8,
+        "real_statements": min(real, max(sizes)),
+        "queries": {"count": n_gates, "kinds": "CounterFact rephrase prompts and NQ-open questions, half each"},
+        "load_average_start": load_start,
+        "backends": {},
+    }
+    if cache is None or encode_seconds > 5:
+        payload["bulk_encode_edits_per_s"] = round(len(base) / encode_seconds, 1)
+
+    for backend in args.backends:
+        server = None
+        if backend == "embedded":
+            def open_store(namespace: str, _path: Path = workdir / "embedded") -> Any:
+                return RecipeKnowledgeStore(editor, path=_path, namespace=namespace)
+        else:
+            from integrations.chroma_server import ChromaServer
+
+            server = ChromaServer(workdir / "server", startup_timeout=120).start()
+
+            def open_store(namespace: str, _server: Any = server) -> Any:
+                return RecipeKnowledgeStore(editor, client=_server.client(), namespace=namespace)
+
+        try:
+            payload["backends"][backend] = run_backend(
+                backend, open_store, editor, base, keys, queries, sizes, n_add, n_throughput, extra
+            )
+        finally:
+            if server is not None:
+                server.stop()
+    payload["load_average_end"] = load_average()
+
+    embedded = payload["backends"].get("embedded", {}).get("sizes", {})
+    first, last = (min(embedded, key=int), max(embedded, key=int)) if embedded else (None, None)
+    payload["targets"] = {
+        "add_edit_p50_ms": embedded[first]["add_edit"]["p50_ms"] if first else None,
+        "add_edit_at": int(first) if first else 0,
+        "add_edit_met": bool(first) and embedded[first]["add_edit"]["p50_ms"] <= 20,
+        "gate_p50_ms": embedded[last]["gate"]["p50_ms"] if last else None,
+        "gate_at": int(last) if last else 0,
+        "gate_met": bool(last) and int(last) >= 100_000 and embedded[last]["gate"]["p50_ms"] <= 15,
+    }
+    payload["notes"] = auto_notes(payload)
+    name = "store-quick" if args.quick else "store"
+    json_path, md_path = write_results(name, payload, markdown(payload))
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
