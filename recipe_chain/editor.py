@@ -231,8 +231,10 @@ class RecipeEditor(nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
+            os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a checkpoint is an ordinary, shareable directory
             tensors = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
             save_file(tensors, str(tmp / _WEIGHTS_FILE), metadata={"format": "pt"})
+            os.chmod(tmp / _WEIGHTS_FILE, 0o644)
             self._fingerprint = _hash_tensors(tensors, self.config)
             config = self.config.model_dump(mode="json") | {"fingerprint": self._fingerprint}
             (tmp / _CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
