@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recipe_chain.commands.argtypes import non_negative_int, positive_int
+
 __all__ = ["register", "run_eval", "load_eval_models", "config_from_args", "QUICK_SETTINGS"]
 
 logger = logging.getLogger(__name__)
@@ -49,24 +51,8 @@ QUICK_SETTINGS: dict[str, int] = {
 """What ``--quick`` sets, for every option the user did not give."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -100,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, metavar="FILE",
                    help="Edit data: CounterFact (flat or ROME), ZsRE (MEND) or KnowEdit, .json or .jsonl.")
-    p.add_argument("--edits", type=_positive_int, default=None, metavar="T",
+    p.add_argument("--edits", type=positive_int, default=None, metavar="T",
                    help="Number of sequential edits and evaluated examples (required unless --quick: 20).")
     p.add_argument("--seed", type=int, default=0, help="Shuffle/sampling seed (default 0).")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
@@ -114,32 +100,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default: the checkpoint's LLM).")
     p.add_argument("--allow-untrained", action="store_true",
                    help="Without any checkpoint, use a randomly initialised editor (smoke runs only).")
-    p.add_argument("--dev-size", type=_non_negative_int, default=None, metavar="N",
+    p.add_argument("--dev-size", type=non_negative_int, default=None, metavar="N",
                    help="Dev examples for the text-RAG threshold (default 200).")
     p.add_argument("--dev-data", default=None, metavar="FILE",
                    help="Take the dev split from this file (default: the records of --data not evaluated).")
     p.add_argument("--general-questions", default=None, metavar="FILE",
                    help="NQ-open style questions for the general false-fire rate "
                    "(default: ../shared/data/general/nq-open.jsonl).")
-    p.add_argument("--general-n", type=_non_negative_int, default=None, metavar="N",
+    p.add_argument("--general-n", type=non_negative_int, default=None, metavar="N",
                    help="Use the first N general questions (default 1000; 0: none).")
     p.add_argument("--t-grid", type=_int_list, default=None, metavar="T1,T2,...",
                    help=f"Store sizes measured on the way to T (default {DEFAULT_T_GRID}).")
-    p.add_argument("--checkpoint-sample", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--checkpoint-sample", type=positive_int, default=None, metavar="N",
                    help="Most examples measured at an intermediate T checkpoint (default 1000).")
-    p.add_argument("--gen-sample", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--gen-sample", type=positive_int, default=None, metavar="N",
                    help="Measure the greedy-generation metrics on a seeded subsample of at most N examples per "
                    "checkpoint (default: all; generation is most of the cost at large T).")
-    p.add_argument("--latency-samples", type=_non_negative_int, default=None, metavar="N",
+    p.add_argument("--latency-samples", type=non_negative_int, default=None, metavar="N",
                    help="Queries timed per method at batch size 1 (default 50).")
-    p.add_argument("--gate-latency-samples", type=_non_negative_int, default=None, metavar="N",
+    p.add_argument("--gate-latency-samples", type=non_negative_int, default=None, metavar="N",
                    help="Gate calls timed per store-size probe (default 20).")
-    p.add_argument("--gen-tokens", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--gen-tokens", type=positive_int, default=None, metavar="N",
                    help="New tokens per greedy generation (default 16).")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="Teacher-forced scoring batch (default 16).")
-    p.add_argument("--gen-batch-size", type=_positive_int, default=None, help="Generation batch (default 16).")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="Teacher-forced scoring batch (default 16).")
+    p.add_argument("--gen-batch-size", type=positive_int, default=None, help="Generation batch (default 16).")
     p.add_argument("--gate-margin", type=float, default=None, help="Extra margin of the sentinel gate (default 0).")
-    p.add_argument("--candidate-k", type=_positive_int, default=None,
+    p.add_argument("--candidate-k", type=positive_int, default=None,
                    help="Candidates re-scored per query (default 8).")
     p.add_argument("--duplicate-facts", choices=("skip", "supersede"), default=None,
                    help="Examples whose prompt repeats an already taken one: 'skip' them (default: T distinct "
@@ -154,7 +140,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK_SETTINGS.items()) + ".")
     p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots.")
     p.add_argument("--no-progress", action="store_true", help="No progress bars (they go to stderr).")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads.")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads.")
     p.set_defaults(func=run_eval)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from recipe_chain.commands.argtypes import positive_int
 from recipe_chain.data import DATA_FORMATS, iter_records, load_edit_examples
 from recipe_chain.demo import DemoReport, load_models, run_demo
 from recipe_chain.errors import RecipeChainError
@@ -76,14 +77,6 @@ def _non_empty(value: str, what: str) -> str:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _first_line(text: str) -> str:
@@ -308,11 +301,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Generate with the RECIPE-edited LLM and report the gate's decision.",
     )
     p.add_argument("question", metavar="QUESTION")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=32, help="Tokens to generate (default 32).")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="Tokens to generate (default 32).")
     p.set_defaults(func=cmd_ask)
 
     p = subparsers.add_parser("list", help="List the edits in the namespace.")
-    p.add_argument("--limit", type=_positive_int, default=50, help="Show at most N edits (default 50).")
+    p.add_argument("--limit", type=positive_int, default=50, help="Show at most N edits (default 50).")
     p.add_argument("--all", action="store_true", help="Include inactive (superseded) edits.")
     p.set_defaults(func=cmd_list)
 
@@ -325,7 +318,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Import edits from a .json/.jsonl benchmark file; invalid records are skipped with a warning.",
     )
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--limit", type=_positive_int, default=None, help="Import only the first N records.")
+    p.add_argument("--limit", type=positive_int, default=None, help="Import only the first N records.")
     p.add_argument("--format", default="auto", choices=("auto", *DATA_FORMATS),
                    help="Record format (default: detected from the first record).")
     p.set_defaults(func=cmd_import)
@@ -335,10 +328,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Imports a handful of CounterFact edits into a fresh embedded store (a temporary "
         "directory unless --store is given) and prints the answers before and after editing.",
     )
-    p.add_argument("--n-edits", type=_positive_int, default=5, help="Edits to import (default 5).")
+    p.add_argument("--n-edits", type=positive_int, default=5, help="Edits to import (default 5).")
     p.add_argument("--data", default=None, help="Edits file (default ../shared/data/counterfact/eval.json).")
     p.add_argument("--questions", default=None, help="NQ questions file (default ../shared/data/general/nq-open.jsonl).")
     p.add_argument("--n-unrelated", type=int, default=1, help="NQ questions to add (default 1).")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=8, help="Tokens per answer (default 8).")
-    p.add_argument("--width", type=_positive_int, default=24, help="Widest answer cell in the table (default 24).")
+    p.add_argument("--max-new-tokens", type=positive_int, default=8, help="Tokens per answer (default 8).")
+    p.add_argument("--width", type=positive_int, default=24, help="Widest answer cell in the table (default 24).")
     p.set_defaults(func=cmd_demo)
