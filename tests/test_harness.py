@@ -658,18 +658,21 @@ def test_superseded_examples_are_not_measured(models):
 
 @pytest.mark.integration
 def test_quick_run_on_the_real_default_models(tmp_path, monkeypatch, capsys):
-    """``recipe-chain eval`` on SmolLM2 + MiniLM (untrained editor) and real CounterFact records."""
+    """``recipe-chain eval`` on SmolLM2 + MiniLM with the shipped checkpoint and real CounterFact records."""
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "eval.json"
     records = json.loads(data.read_text())[:30]
     small = tmp_path / "cf30.json"
     small.write_text(json.dumps(records))
     out = tmp_path / "out"
     code = main(["eval", "--data", str(small), "--edits", "4", "--dev-size", "6", "--general-n", "5",
-                 "--latency-samples", "1", "--gate-latency-samples", "2", "--allow-untrained", "--gen-tokens", "4",
+                 "--latency-samples", "1", "--gate-latency-samples", "2", "--gen-tokens", "4",
                  "--checkpoint-sample", "2", "--out", str(out)])
     assert code == 0
     raw = json.loads((out / "results.json").read_text())
     assert raw["config"]["llm_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert raw["config"]["trained"] is False and raw["final"]["n_measured"] == 4
+    from recipe_chain.defaults import default_checkpoint_path
+
+    assert raw["config"]["trained"] is True and raw["final"]["n_measured"] == 4
+    assert Path(raw["config"]["checkpoint"]) == default_checkpoint_path()
     assert set(raw["final"]["methods"]) == set(H.METHODS)
     assert (out / "store").is_dir()
