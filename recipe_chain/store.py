@@ -154,6 +154,9 @@ _MAX_NAME_LEN = 63
 _MAX_ID_LEN = 256
 _PROGRESS_THRESHOLD = 1000
 _SEARCH_WIDEN_ROUNDS = 3
+# Most hits (queries x n_results) asked of Chroma in one call: it reads their records with
+# one SQL statement, and SQLite refuses more than 32,766 variables in a statement.
+_MAX_HITS_PER_QUERY_CALL = 4096
 _PAGE = 5000
 
 
@@ -1094,23 +1097,34 @@ class RecipeKnowledgeStore:
         include = ["embeddings", "metadatas"]  # the document is statement_of(prompt, target_new)
         while pending:
             filtered = rounds >= _SEARCH_WIDEN_ROUNDS
-            res = self._collection.query(
-                query_embeddings=reps[pending].numpy(),
-                n_results=n if filtered else fetch,
-                where={_ACTIVE: True} if filtered else None,
-                include=include,
-            )
+            n_results = n if filtered else fetch
+            # Chroma fetches the records of all Q x n_results hits in one SQL statement;
+            # chunk the queries so that it stays under SQLite's variable limit.
+            chunk = max(1, _MAX_HITS_PER_QUERY_CALL // n_results)
+            ids_of: dict[int, list[str]] = {}
+            metas_of: dict[int, list[Any]] = {}
+            embeddings_of: dict[int, Any] = {}
+            for c in range(0, len(pending), chunk):
+                part = pending[c : c + chunk]
+                res = self._collection.query(
+                    query_embeddings=reps[part].numpy(),
+                    n_results=n_results,
+                    where={_ACTIVE: True} if filtered else None,
+                    include=include,
+                )
+                for j, qi in enumerate(part):
+                    ids_of[qi], metas_of[qi], embeddings_of[qi] = res["ids"][j], res["metadatas"][j], res["embeddings"][j]
             retry: list[int] = []
-            for j, qi in enumerate(pending):
-                ids = res["ids"][j]
-                metas = res["metadatas"][j]
+            for qi in pending:
+                ids = ids_of[qi]
+                metas = metas_of[qi]
                 self._check_candidate_fingerprints(metas)
                 found = [
                     _Stored(
                         edit_id,
                         dict(metas[i] or {}),
                         statement_of(str(metas[i].get(_PROMPT, "")), str(metas[i].get(_TARGET, ""))),
-                        torch.from_numpy(np.asarray(res["embeddings"][j][i], dtype=np.float32)),
+                        torch.from_numpy(np.asarray(embeddings_of[qi][i], dtype=np.float32)),
                     )
                     for i, edit_id in enumerate(ids)
                     if (metas[i] or {}).get(_ACTIVE, True)

@@ -21,6 +21,7 @@ import torch
 from recipe_chain.data import EditExample
 from recipe_chain.editor import RecipeEditor, scaled_dot, statement_of
 from recipe_chain.errors import DuplicateEditError, EditNotFoundError, EncoderMismatchError, RecipeChainError
+from recipe_chain import store as store_module
 from recipe_chain.gate import admits, rank, rescore
 from recipe_chain.store import (
     EditRecord,
@@ -388,6 +389,23 @@ def test_gate_batch_uses_one_encoder_pass_and_one_chroma_query(
         assert many.sentinel_similarity == pytest.approx(one.sentinel_similarity, abs=1e-5)
         assert many.hit_similarity == pytest.approx(one.hit_similarity, abs=1e-5)
         assert (many.hit is None) == (one.hit is None)
+
+
+def test_gate_batch_chunks_chroma_queries_under_the_sql_variable_limit(
+    make_store: StoreFactory, editor: RecipeEditor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,100 queries x 32 candidates once made Chroma fail with "too many SQL variables"."""
+    store = make_store(editor, candidate_k=32)
+    store.add_edits([{"prompt": f"Fact number {i} is", "target_new": f"value {i}"} for i in range(40)])
+    texts = [QUERIES[i % len(QUERIES)] + f" ({i})" for i in range(1100)]
+    counter = _CallCounter(store._collection)
+    monkeypatch.setattr(store, "_collection", counter)
+    batch = store.gate_batch(texts)
+    assert len(batch) == 1100 and all(len(r.candidates) == 32 for r in batch)
+    assert counter.queries == -(-1100 // (store_module._MAX_HITS_PER_QUERY_CALL // 32))
+    for i in (0, 517, 1099):  # chunking changes nothing a query sees
+        one = store.gate(texts[i])
+        assert [c.record.edit_id for c in batch[i].candidates] == [c.record.edit_id for c in one.candidates]
 
 
 def test_prompt_vectors_are_derived_from_the_stored_key(make_store: StoreFactory, editor: RecipeEditor) -> None:
