@@ -43,6 +43,11 @@ class RecipeConfig(BaseModel):
     # Prompt encoder.
     prompt_len: int = Field(default=3, gt=0, description="Continuous prompt vectors per edit.")
     prompt_hidden_dim: int = Field(default=768, gt=0)
+    prompt_input_norm: Literal["running", "layer"] = Field(
+        default="running",
+        description="How the prompt encoder normalises keys: running per-feature statistics, or a per-vector "
+        "LayerNorm (checkpoints written before this field existed).",
+    )
     prompt_init_std: float = Field(
         default=0.02, gt=0, description="Std of the LLM's input embeddings; prompt vectors start at this scale."
     )

@@ -102,7 +102,12 @@ class RecipeEditor(nn.Module):
         )
         self.sentinel = KnowledgeSentinel.from_text(self.encoder, _SENTINEL_INIT_TEXT, config.sentinel_len)
         self.prompt_encoder = PromptEncoder(
-            config.rep_dim, config.llm_hidden_size, config.prompt_len, config.prompt_hidden_dim, config.prompt_init_std
+            config.rep_dim,
+            config.llm_hidden_size,
+            config.prompt_len,
+            config.prompt_hidden_dim,
+            config.prompt_init_std,
+            input_norm=config.prompt_input_norm,
         )
         self._fingerprint: str | None = None
         self.eval()
@@ -186,6 +191,7 @@ class RecipeEditor(nn.Module):
             raise FileNotFoundError(f"No RECIPE checkpoint at {path} (missing {_CONFIG_FILE})")
         raw = json.loads(config_file.read_text())
         raw.pop("fingerprint", None)
+        raw.setdefault("prompt_input_norm", "layer")  # written before running key statistics existed
         config = RecipeConfig.model_validate(raw)
         if config.format_version != CHECKPOINT_FORMAT_VERSION:
             raise CheckpointMismatchError(

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from recipe_chain import CheckpointMismatchError, RecipeConfig, RecipeEditor, statement_of
 from recipe_chain.encoder import pool_features
+from recipe_chain.prompt_encoder import RunningStandardizer
 from tiny_models import tiny_backbone, tiny_causal_lm
 
 
@@ -52,6 +53,54 @@ def test_prompt_vectors_start_at_llm_embedding_scale(llm, backbone) -> None:
     std = float(editor.prompt_vectors(keys).std())
     target = editor.config.prompt_init_std
     assert target / 4 < std < target * 4
+
+
+def test_running_standardizer_removes_a_shared_direction() -> None:
+    torch.manual_seed(0)
+    norm = RunningStandardizer(8)
+    shared = torch.full((8,), 500.0)  # trained keys share a large common direction
+    batches = [shared + 0.1 * torch.randn(16, 8) for _ in range(200)]
+    norm.train()
+    for batch in batches:
+        out = norm(batch)
+    data = torch.cat(batches)
+    torch.testing.assert_close(norm.running_mean, data.mean(0), atol=0.02, rtol=0)
+    torch.testing.assert_close(norm.running_var.sqrt(), data.std(0), atol=0.02, rtol=0.1)
+    assert out.abs().mean() < 2.0  # standardised, not ~500
+    norm.eval()
+    before = norm.running_mean.clone(), int(norm.num_batches)
+    a, b = shared + 0.1 * torch.randn(2, 8)
+    za, zb = norm(torch.stack([a, b]))
+    assert torch.equal(norm.running_mean, before[0]) and int(norm.num_batches) == before[1]  # eval: frozen
+    # raw keys are nearly parallel; standardised ones are not
+    assert torch.cosine_similarity(a, b, dim=0) > 0.9999
+    assert torch.cosine_similarity(za, zb, dim=0) < 0.9
+
+
+def test_prompt_encoder_statistics_are_saved(llm, backbone, tmp_path) -> None:
+    editor = make_editor(llm, backbone)
+    editor.train()
+    editor.prompt_vectors(editor.encode_statements([f"statement number {i}" for i in range(8)]))
+    editor.eval()
+    state = editor.trainable_state_dict()
+    assert int(state["prompt_encoder.net.0.num_batches"]) == 1
+    editor.save_pretrained(tmp_path / "ckpt")
+    loaded = RecipeEditor.from_pretrained(tmp_path / "ckpt", llm=llm)
+    keys = editor.encode_statements(["a fact"])
+    torch.testing.assert_close(loaded.prompt_vectors(keys), editor.prompt_vectors(keys), rtol=0, atol=0)
+
+
+def test_checkpoints_without_prompt_input_norm_load_with_layer_norm(llm, backbone, tmp_path) -> None:
+    """Checkpoints written before running key statistics existed used a per-vector LayerNorm."""
+    editor = make_editor(llm, backbone, prompt_input_norm="layer")
+    editor.save_pretrained(tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    del cfg["prompt_input_norm"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    loaded = RecipeEditor.from_pretrained(tmp_path / "old", llm=llm)
+    assert loaded.config.prompt_input_norm == "layer"
+    keys = editor.encode_statements(["a fact"])
+    torch.testing.assert_close(loaded.prompt_vectors(keys), editor.prompt_vectors(keys), rtol=0, atol=0)
 
 
 def test_pool_features_ignores_padding() -> None:
