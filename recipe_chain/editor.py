@@ -360,7 +360,10 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 
 
 def _hash_tensors(tensors: dict[str, torch.Tensor], config: RecipeConfig) -> str:
-    digest = hashlib.sha256(config.model_dump_json().encode())
+    # A LayerNorm'd prompt encoder is what checkpoints without ``prompt_input_norm`` had:
+    # hash their config as it was written then, so their fingerprints (and stores) stay valid.
+    exclude = {"prompt_input_norm"} if config.prompt_input_norm == "layer" else None
+    digest = hashlib.sha256(config.model_dump_json(exclude=exclude).encode())
     for name in sorted(tensors):
         digest.update(name.encode())
         digest.update(tensors[name].float().numpy().tobytes())

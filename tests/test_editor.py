@@ -99,6 +99,7 @@ def test_checkpoints_without_prompt_input_norm_load_with_layer_norm(llm, backbon
     (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
     loaded = RecipeEditor.from_pretrained(tmp_path / "old", llm=llm)
     assert loaded.config.prompt_input_norm == "layer"
+    assert loaded.fingerprint == editor.fingerprint  # stores written with the old checkpoint stay valid
     keys = editor.encode_statements(["a fact"])
     torch.testing.assert_close(loaded.prompt_vectors(keys), editor.prompt_vectors(keys), rtol=0, atol=0)
 
