@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import torch
 
+from recipe_chain import store as store_module
 from recipe_chain.data import EditExample
 from recipe_chain.editor import RecipeEditor, scaled_dot, statement_of
 from recipe_chain.errors import DuplicateEditError, EditNotFoundError, EncoderMismatchError, RecipeChainError
-from recipe_chain import store as store_module
 from recipe_chain.gate import admits, rank, rescore
 from recipe_chain.store import (
     EditRecord,
@@ -30,38 +30,14 @@ from recipe_chain.store import (
     collection_name,
     normalize_prompt,
 )
-from tiny import mirror_editor, tiny_editor, tiny_llm
+from tiny import mirror_editor, tiny_editor
+from tiny_store import EDITS as FACTS, QUERIES
 
 pytestmark = pytest.mark.timeout(300)
 
 BACKENDS = ["embedded", "ephemeral", pytest.param("server", marks=pytest.mark.server)]
 DURABLE_BACKENDS = ["embedded", pytest.param("server", marks=pytest.mark.server)]  # outlive their client
-FACTS = [
-    ("The mother tongue of Danielle Darrieux is", "English", "Danielle Darrieux"),
-    ("The official religion of Edwin of Northumbria is", "Islam", "Edwin of Northumbria"),
-    ("Toko Yasuda, the", "piano", "Toko Yasuda"),
-    ("The capital of France is", "Rome", "France"),
-    ("What is the product made by UniFirst?", "unmanned aircraft", "UniFirst"),
-]
-QUERIES = [
-    "What is the mother tongue of Danielle Darrieux?",
-    "Which religion did Edwin of Northumbria follow?",
-    "The capital city of France is",
-    "Who wrote Hamlet?",
-]
-
-
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def llm():
-    return tiny_llm()[0]
-
-
-@pytest.fixture(scope="module")
-def backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-backbone")
-
-
 @pytest.fixture(scope="module")
 def editor(llm, backbone_dir: Path) -> RecipeEditor:
     return tiny_editor(llm, backbone_dir, seed=0)

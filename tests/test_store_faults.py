@@ -31,30 +31,13 @@ import torch
 from recipe_chain.editor import RecipeEditor, statement_of
 from recipe_chain.errors import EncoderMismatchError
 from recipe_chain.store import RecipeKnowledgeStore
-from tiny import mirror_editor, tiny_editor, tiny_llm
+from tiny import mirror_editor, tiny_editor
+from tiny_store import QUERIES
 
 pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[1]
 STRESS_SECONDS = float(os.environ.get("RECIPE_CHAIN_STRESS_SECONDS", "5"))
-QUERIES = [
-    "What is the mother tongue of Danielle Darrieux?",
-    "Which religion did Edwin of Northumbria follow?",
-    "The capital city of France is",
-    "Who wrote Hamlet?",
-]
-
-
-@pytest.fixture(scope="module")
-def llm():
-    return tiny_llm()[0]
-
-
-@pytest.fixture(scope="module")
-def backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-backbone")
-
-
 @pytest.fixture(scope="module")
 def checkpoint(llm, backbone_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
     """A tiny editor saved as a checkpoint, so a child process loads the very same networks."""

@@ -28,6 +28,13 @@ EDITS = [
     ("What is the product made by UniFirst?", "unmanned aircraft", "UniFirst"),
 ]
 
+QUERIES = [
+    "What is the mother tongue of Danielle Darrieux?",
+    "Which religion did Edwin of Northumbria follow?",
+    "The capital city of France is",
+    "Who wrote Hamlet?",
+]
+
 _COLLECTION_IDS = itertools.count(1)  # each store gets its own collections in the shared ephemeral client
 
 
