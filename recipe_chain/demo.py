@@ -158,24 +158,29 @@ def load_models(checkpoint: str | os.PathLike[str] | None = None) -> EditingMode
 
 
 def find_shared_data(relative: str) -> Path:
-    """Locate a file of the shared data folder (``../shared/data`` next to the project).
+    """Locate a file of the shared data folder (``shared/data`` beside the project).
 
-    Tried in order: ``../shared/data/<relative>`` from the current directory, then from
-    the project root (the directory holding the ``recipe_chain`` package).
+    Looks for ``shared/data/<relative>`` in the current directory and each of its
+    parents, then in the project root (the directory holding the ``recipe_chain``
+    package) and its parents, so it works from the repository, from ``cookbook/``, and
+    from an installed copy next to ``../shared``.
+
+    Example:
+        >>> find_shared_data("counterfact/eval.json")  # doctest: +SKIP
+        PosixPath('/work/shared/data/counterfact/eval.json')
 
     Raises:
-        FileNotFoundError: Naming every place tried.
+        FileNotFoundError: Naming the places tried.
     """
-    tried = []
     project_root = Path(__file__).resolve().parent.parent
-    for base in (Path.cwd(), project_root):
-        candidate = (base / ".." / "shared" / "data" / relative).resolve()
+    bases = [Path.cwd().resolve(), *Path.cwd().resolve().parents, project_root, *project_root.parents]
+    for base in dict.fromkeys(bases):
+        candidate = base / "shared" / "data" / relative
         if candidate.is_file():
             return candidate
-        tried.append(str(candidate))
     raise FileNotFoundError(
-        f"Shared data file {relative!r} not found (tried {', '.join(dict.fromkeys(tried))}); "
-        "pass its path explicitly"
+        f"Shared data file {relative!r} not found in shared/data/ under {Path.cwd()}, {project_root} "
+        "or any of their parents; pass its path explicitly"
     )
 
 

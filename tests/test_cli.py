@@ -383,3 +383,17 @@ def test_commands_against_a_chroma_server(run, tmp_path, monkeypatch) -> None:
         assert "No active edits" in run("--server", server.url, "list", store_path=None)[1]
     code, _, err = run("--server", server.url, "list", store_path=None)  # the server is gone
     assert code == 2 and err.startswith("error: ")
+
+
+def test_find_shared_data_searches_the_working_directory_and_its_parents(tmp_path, monkeypatch) -> None:
+    from recipe_chain.demo import find_shared_data
+
+    data = tmp_path / "shared" / "data" / "counterfact" / "x.json"
+    data.parent.mkdir(parents=True)
+    data.write_text("[]")
+    nested = tmp_path / "project" / "cookbook"
+    nested.mkdir(parents=True)
+    monkeypatch.chdir(nested)  # a notebook runs in cookbook/, the data lies beside the project
+    assert find_shared_data("counterfact/x.json") == data.resolve()
+    with pytest.raises(FileNotFoundError, match="counterfact/missing.json"):
+        find_shared_data("counterfact/missing.json")

@@ -45,16 +45,6 @@ GEN_TOKENS = 4 if CI else 8  # greedy tokens per generated answer
 SEED = 0
 
 
-def shared_data(relative: str) -> Path:
-    """A file of the shared benchmark data: ``shared/data/<relative>`` in this directory or a parent."""
-    for base in (Path.cwd(), *Path.cwd().parents):
-        candidate = base / "shared" / "data" / relative
-        if candidate.is_file():
-            return candidate
-    from recipe_chain.demo import find_shared_data  # also looks next to the installed project
-
-    return find_shared_data(relative)
-
 
 WORKDIR = Path(tempfile.mkdtemp(prefix="recipe-cookbook-02-"))
 print(f"budget: {BUDGET}; {N_EDITS} edits; scratch directory: {WORKDIR}")
@@ -69,14 +59,15 @@ print(f"budget: {BUDGET}; {N_EDITS} edits; scratch directory: {WORKDIR}")
 # %%
 from recipe_chain import load_default_llm
 from recipe_chain.data import load_edit_examples, load_questions
+from recipe_chain.demo import find_shared_data
 from recipe_chain.defaults import load_default_editor
 
 model, tokenizer = load_default_llm()
 editor = load_default_editor(model)
 print("LLM:", editor.config.llm_id, "| encoder:", editor.config.backbone_id, "| prompt_len:", editor.config.prompt_len)
 
-examples = load_edit_examples(shared_data("counterfact/eval.json"))
-questions = load_questions(shared_data("general/nq-open.jsonl"), limit=N_GENERAL)
+examples = load_edit_examples(find_shared_data("counterfact/eval.json"))
+questions = load_questions(find_shared_data("general/nq-open.jsonl"), limit=N_GENERAL)
 print(f"{len(examples)} CounterFact examples, {len(questions)} NQ-open questions")
 
 # %% [markdown]

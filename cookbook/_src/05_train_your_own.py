@@ -39,16 +39,6 @@ if BUDGET not in ("full", "ci"):
 CI = BUDGET == "ci"
 
 
-def shared_data(relative: str) -> Path:
-    """A file of the shared benchmark data: ``shared/data/<relative>`` in this directory or a parent."""
-    for base in (Path.cwd(), *Path.cwd().parents):
-        candidate = base / "shared" / "data" / relative
-        if candidate.is_file():
-            return candidate
-    from recipe_chain.demo import find_shared_data  # also looks next to the installed project
-
-    return find_shared_data(relative)
-
 
 WORKDIR = Path(tempfile.mkdtemp(prefix="recipe-cookbook-05-"))
 OUT_DIR = WORKDIR / "run"  # point this elsewhere to keep the trained checkpoint
@@ -81,6 +71,7 @@ print(f"Gemma on its own: {QUESTION!r} -> {unedited.invoke(QUESTION)!r}")
 # hidden size) and optimises the five RECIPE losses against the frozen LLM.
 
 # %%
+from recipe_chain.demo import find_shared_data
 from recipe_chain.training import TrainingConfig, train
 
 if CI:
@@ -89,8 +80,8 @@ if CI:
 else:  # the settings of the shipped SmolLM2 checkpoint (TrainingConfig's defaults)
     budget = dict(steps=1800, batch_size=8)
 config = TrainingConfig(
-    data=[shared_data("counterfact/train.json")],
-    extra_locality=[shared_data("general/nq-open.jsonl")],
+    data=[find_shared_data("counterfact/train.json")],
+    extra_locality=[find_shared_data("general/nq-open.jsonl")],
     seed=0,
     **budget,
 )
