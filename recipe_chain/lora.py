@@ -9,13 +9,18 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["LoRALinear", "apply_lora", "lora_state_dict"]
 
 
 class LoRALinear(nn.Module):
-    """``y = base(x) + (alpha / r) * x @ A^T @ B^T`` with ``B`` initialised to zero."""
+    """``y = base(x) + (alpha / r) * x @ A^T @ B^T`` with ``B`` initialised to zero.
+
+    In eval mode without autograd (encoding for a store) it runs one matmul with the
+    merged weight ``W + (alpha / r) * B @ A``, cached until any of the weights changes.
+    """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
         super().__init__()
@@ -26,7 +31,31 @@ class LoRALinear(nn.Module):
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))  # (out, r)
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
 
+        self._merged: torch.Tensor | None = None
+        self._merged_for: tuple[int, ...] | None = None
+
+    def merged_weight(self) -> torch.Tensor:
+        """``W + (alpha / r) * B @ A``: ``(out, in)``, cached until a weight changes."""
+        # Tensor._version counts in-place writes (optimizer steps, load_state_dict), so the
+        # cache follows training and reloading without hooks.
+        stamp = (
+            self.base.weight._version,
+            self.lora_a._version,
+            self.lora_b._version,
+            self.base.weight.data_ptr(),
+            self.lora_a.data_ptr(),
+            self.lora_b.data_ptr(),
+        )
+        if self._merged is None or self._merged_for != stamp:
+            with torch.no_grad():
+                self._merged = self.base.weight + (self.lora_b @ self.lora_a) * self.scaling  # (out, in)
+            self._merged_for = stamp
+        return self._merged
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
+        if not self.training and not torch.is_grad_enabled():
+            # Inference: one matmul with the merged weight instead of three.
+            return F.linear(x, self.merged_weight(), self.base.bias)  # (..., out)
         return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scaling  # (..., out)
 
 

@@ -213,3 +213,29 @@ def test_statement_of() -> None:
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError):
         RecipeConfig(backbone_id="b", backbone_hidden_size=0, llm_id="l", llm_hidden_size=8)
+
+
+def test_lora_inference_uses_a_merged_weight_that_follows_updates() -> None:
+    from recipe_chain.lora import LoRALinear
+
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(6, 5), rank=2, alpha=4.0)
+    x = torch.randn(3, 6)
+
+    def unmerged() -> torch.Tensor:
+        return layer.base(x) + (x @ layer.lora_a.T @ layer.lora_b.T) * layer.scaling
+
+    with torch.no_grad():
+        layer.lora_b.normal_()
+        layer.eval()
+        torch.testing.assert_close(layer(x), unmerged(), rtol=1e-5, atol=1e-6)
+        first = layer.merged_weight()
+        assert layer.merged_weight() is first  # cached
+        layer.lora_b.add_(1.0)  # an optimizer step or load_state_dict writes in place
+        torch.testing.assert_close(layer(x), unmerged(), rtol=1e-5, atol=1e-6)
+        layer.load_state_dict({k: torch.zeros_like(v) for k, v in layer.state_dict().items()})
+        assert torch.count_nonzero(layer(x)) == 0
+    layer.train()  # training keeps the factored form so gradients reach A and B
+    out = layer(x).sum()
+    out.backward()
+    assert layer.lora_a.grad is not None and layer.base.weight.grad is None
