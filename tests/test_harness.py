@@ -641,6 +641,19 @@ def test_cli_resume_with_the_real_persistent_store(models, tmp_path, monkeypatch
     assert not (out / H.PARTIAL_FILE).exists() and not (out / H.JOURNAL_FILE).exists()
 
 
+def test_final_sample_measures_a_seeded_subset_after_all_edits(models):
+    llm, tok, editor = models
+    examples = make_examples(6)
+    cfg = EvalConfig(edits=6, dev_size=0, methods=("no-edit", "recipe"), general_n=0, t_grid=(),
+                     latency_samples=0, gate_latency_samples=0, gen_tokens=2, final_sample=3)
+    results = LifelongEvaluator(llm, tok, editor, cfg, progress=False).run(examples)
+    assert results.final.t == 6 and results.final.n_measured == 3 and results.final.subsampled
+    assert results.edit_latency_s["n"] == 6  # every edit went into the store
+    again = LifelongEvaluator(llm, tok, editor, cfg, progress=False).run(examples)
+    assert again.final.model_dump()["methods"]["recipe"]["reliability"] == \
+        results.final.model_dump()["methods"]["recipe"]["reliability"]
+
+
 def test_superseded_examples_are_not_measured(models):
     """With duplicate_facts='supersede' the real store supersedes the earlier edit of a fact."""
     llm, tok, editor = models

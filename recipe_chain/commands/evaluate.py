@@ -113,6 +113,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"Store sizes measured on the way to T (default {DEFAULT_T_GRID}).")
     p.add_argument("--checkpoint-sample", type=positive_int, default=None, metavar="N",
                    help="Most examples measured at an intermediate T checkpoint (default 1000).")
+    p.add_argument("--final-sample", type=positive_int, default=None, metavar="N",
+                   help="Most examples measured at the final T, a seeded subsample of the T edits in the store "
+                   "(default: all).")
     p.add_argument("--gen-sample", type=positive_int, default=None, metavar="N",
                    help="Measure the greedy-generation metrics on a seeded subsample of at most N examples per "
                    "checkpoint (default: all; generation is most of the cost at large T).")
@@ -156,7 +159,8 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
     values: dict[str, Any] = {}
     if args.quick:
         values.update(QUICK_SETTINGS)
-    for name in ("edits", "dev_size", "general_n", "t_grid", "checkpoint_sample", "gen_sample", "latency_samples",
+    for name in ("edits", "dev_size", "general_n", "t_grid", "checkpoint_sample", "final_sample", "gen_sample",
+                 "latency_samples",
                  "gate_latency_samples", "gen_tokens", "batch_size", "gen_batch_size", "gate_margin", "candidate_k",
                  "duplicate_facts"):
         value = getattr(args, name, None)
@@ -272,7 +276,7 @@ def _command_line(args: argparse.Namespace, cfg: Any, out: Path, checkpoint: str
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
-    for flag in ("dev_size", "general_n", "checkpoint_sample", "gen_sample", "latency_samples", "gate_latency_samples",
+    for flag in ("dev_size", "general_n", "checkpoint_sample", "final_sample", "gen_sample", "latency_samples", "gate_latency_samples",
                  "gen_tokens", "batch_size", "gen_batch_size", "gate_margin", "candidate_k", "threads"):
         value = getattr(args, flag)
         if value is not None:

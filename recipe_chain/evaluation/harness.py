@@ -46,8 +46,8 @@ examples:
 
 Checkpoints: the metrics are also taken after the first ``t`` sequential edits for each
 ``t`` of ``t_grid`` below ``T`` (on those ``t`` examples; when ``t`` exceeds
-``checkpoint_sample``, on a seeded random subsample of that size -- the final ``T``
-measurement always covers all ``T`` examples). Gate latency is probed at every
+``checkpoint_sample``, on a seeded random subsample of that size; the final ``T``
+measurement covers all ``T`` examples unless ``final_sample`` caps it the same way). Gate latency is probed at every
 checkpoint and at 1-2-5 store sizes in between. After each checkpoint the results so
 far are written to ``results.partial.json``; with a persistent store a run can resume
 from it.
@@ -168,6 +168,8 @@ class EvalConfig(BaseModel):
         t_grid: Store sizes at which metrics are measured (values above ``edits`` are
             dropped; ``edits`` itself is always measured).
         checkpoint_sample: Most examples measured at an intermediate checkpoint.
+        final_sample: Most examples measured at the final ``T`` (a seeded subsample of the
+            ``T`` edits, all of which are in the store). ``None``: all of them.
         gen_sample: Most examples whose greedy generations are measured per checkpoint
             (the user-visible metrics; a seeded subsample). ``None``: all. Teacher-forced
             metrics and gate statistics always cover every measured example.
@@ -196,6 +198,7 @@ class EvalConfig(BaseModel):
     general_n: int = Field(default=1000, ge=0)
     t_grid: tuple[int, ...] = (1, 10, 100, 1000, 10000)
     checkpoint_sample: int = Field(default=1000, gt=0)
+    final_sample: int | None = Field(default=None, gt=0)
     gen_sample: int | None = Field(default=None, gt=0)
     latency_samples: int = Field(default=50, ge=0)
     gate_latency_samples: int = Field(default=20, ge=0)
@@ -1572,9 +1575,10 @@ class LifelongEvaluator:
     def _checkpoint_sample(
         self, examples: Sequence[EditExample], t: int, final: bool
     ) -> tuple[list[EditExample], list[int], bool]:
-        if final or t <= self.config.checkpoint_sample:
+        cap = self.config.final_sample if final else self.config.checkpoint_sample
+        if cap is None or t <= cap:
             return list(examples), list(range(t)), False
-        idx = sorted(random.Random(self.config.seed + t).sample(range(t), self.config.checkpoint_sample))
+        idx = sorted(random.Random(self.config.seed + t).sample(range(t), cap))
         return [examples[i] for i in idx], idx, True
 
     def _prepare_resume(self, store: Any, edit_ids: Sequence[str], t_done: int) -> None:
