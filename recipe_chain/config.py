@@ -38,6 +38,11 @@ class RecipeConfig(BaseModel):
     head_hidden_dim: int = Field(default=768, gt=0)
     head_blocks: int = Field(default=1, ge=0, description="Residual MLP blocks per head.")
     max_length: int = Field(default=64, gt=0, description="Backbone token limit; longer text raises.")
+    pool_last_token: bool = Field(
+        default=True,
+        description="Pool the last content token's state too (the new target ends a statement); False in "
+        "checkpoints written before this field existed.",
+    )
     # Knowledge Sentinel: learnable token embeddings run through backbone + knowledge head.
     sentinel_len: int = Field(default=4, gt=0)
     # Prompt encoder.

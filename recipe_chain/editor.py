@@ -99,6 +99,7 @@ class RecipeEditor(nn.Module):
             head_hidden_dim=config.head_hidden_dim,
             head_blocks=config.head_blocks,
             max_length=config.max_length,
+            pool_last_token=config.pool_last_token,
         )
         self.sentinel = KnowledgeSentinel.from_text(self.encoder, _SENTINEL_INIT_TEXT, config.sentinel_len)
         self.prompt_encoder = PromptEncoder(
@@ -191,7 +192,9 @@ class RecipeEditor(nn.Module):
             raise FileNotFoundError(f"No RECIPE checkpoint at {path} (missing {_CONFIG_FILE})")
         raw = json.loads(config_file.read_text())
         raw.pop("fingerprint", None)
-        raw.setdefault("prompt_input_norm", "layer")  # written before running key statistics existed
+        # fields added since format 1 was first written: absent means the behaviour of then
+        raw.setdefault("prompt_input_norm", "layer")
+        raw.setdefault("pool_last_token", False)
         config = RecipeConfig.model_validate(raw)
         if config.format_version != CHECKPOINT_FORMAT_VERSION:
             raise CheckpointMismatchError(
@@ -360,9 +363,10 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 
 
 def _hash_tensors(tensors: dict[str, torch.Tensor], config: RecipeConfig) -> str:
-    # A LayerNorm'd prompt encoder is what checkpoints without ``prompt_input_norm`` had:
-    # hash their config as it was written then, so their fingerprints (and stores) stay valid.
-    exclude = {"prompt_input_norm"} if config.prompt_input_norm == "layer" else None
+    # Checkpoints written before ``prompt_input_norm`` and ``pool_last_token`` existed (a
+    # LayerNorm'd prompt encoder, four pools): hash their config as it was written then, so
+    # their fingerprints (and the stores built with them) stay valid.
+    exclude = {"prompt_input_norm", "pool_last_token"} if config.prompt_input_norm == "layer" else None
     digest = hashlib.sha256(config.model_dump_json(exclude=exclude).encode())
     for name in sorted(tensors):
         digest.update(name.encode())

@@ -55,6 +55,28 @@ def test_prompt_vectors_start_at_llm_embedding_scale(llm, backbone) -> None:
     assert target / 4 < std < target * 4
 
 
+def test_last_content_token_pooling(llm, backbone) -> None:
+    hidden = torch.tensor([[[1.0], [3.0], [7.0], [100.0]]])  # (1, 4, 1)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    assert pool_features(hidden, mask, torch.tensor([1])).tolist() == [[1.0, pytest.approx(11 / 3), 7.0, 1.0, 3.0]]
+    editor = make_editor(llm, backbone)
+    enc = editor.encoder
+    batch = enc.tokenize(["The mother tongue of Danielle Darrieux is English", "a b"])
+    last = enc._last_content_index(batch)
+    ids = batch["input_ids"]
+    # [CLS] ... English [SEP] [PAD]...: the last content token is the target's, not [SEP] or padding
+    assert [int(ids[i, last[i]]) for i in range(2)] == [enc.tokenizer.convert_tokens_to_ids(t) for t in ("english", "b")]
+    assert enc.features(batch).shape == (2, 5 * enc.backbone.config.hidden_size)
+    # a different target changes the pooled last-token state, not only one of many mean terms
+    other = enc.tokenize(["The mother tongue of Danielle Darrieux is French", "a b"])
+    h = enc.backbone.config.hidden_size
+    with torch.no_grad():
+        diff = (enc.features(batch) - enc.features(other))[0]
+    assert diff[4 * h:].abs().mean() > diff[h:2 * h].abs().mean()
+    legacy = make_editor(llm, backbone, pool_last_token=False)
+    assert legacy.encoder.features(legacy.encoder.tokenize(["a b"])).shape == (1, 4 * h)
+
+
 def test_running_standardizer_removes_a_shared_direction() -> None:
     torch.manual_seed(0)
     norm = RunningStandardizer(8)
@@ -90,15 +112,15 @@ def test_prompt_encoder_statistics_are_saved(llm, backbone, tmp_path) -> None:
     torch.testing.assert_close(loaded.prompt_vectors(keys), editor.prompt_vectors(keys), rtol=0, atol=0)
 
 
-def test_checkpoints_without_prompt_input_norm_load_with_layer_norm(llm, backbone, tmp_path) -> None:
+def test_checkpoints_from_before_the_new_fields_load_as_they_were(llm, backbone, tmp_path) -> None:
     """Checkpoints written before running key statistics existed used a per-vector LayerNorm."""
-    editor = make_editor(llm, backbone, prompt_input_norm="layer")
+    editor = make_editor(llm, backbone, prompt_input_norm="layer", pool_last_token=False)
     editor.save_pretrained(tmp_path / "old")
     cfg = json.loads((tmp_path / "old" / "config.json").read_text())
-    del cfg["prompt_input_norm"]
+    del cfg["prompt_input_norm"], cfg["pool_last_token"]
     (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
     loaded = RecipeEditor.from_pretrained(tmp_path / "old", llm=llm)
-    assert loaded.config.prompt_input_norm == "layer"
+    assert loaded.config.prompt_input_norm == "layer" and loaded.config.pool_last_token is False
     assert loaded.fingerprint == editor.fingerprint  # stores written with the old checkpoint stay valid
     keys = editor.encode_statements(["a fact"])
     torch.testing.assert_close(loaded.prompt_vectors(keys), editor.prompt_vectors(keys), rtol=0, atol=0)
