@@ -341,11 +341,13 @@ def test_cli_train_runs_on_a_local_model_directory(files, tmp_path: Path) -> Non
     llm.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     out = tmp_path / "run"
-    code = main([
-        "train", "--data", str(files["data"]), "--llm", str(model_dir), "--out", str(out), "--steps", "2",
+    argv = [
+        "train", "--data", str(files["data"]), "--llm", str(model_dir), "--out", str(out), "--steps", "3",
         "--batch-size", "4", "--eval-examples", "0", "--device", "cpu", "--threads", "1",
-    ])
-    assert code == 0
+    ]
+    assert main([*argv, "--stop-after", "2"]) == 0  # as if interrupted after step 2
+    assert [r["step"] for r in _train_rows(out)] == [1, 2]
+    assert main(argv) == 0  # the same command resumes
     loaded = RecipeEditor.from_pretrained(out / "checkpoint")
     assert loaded.config.llm_id == str(model_dir)
-    assert [r["step"] for r in _train_rows(out)] == [1, 2]
+    assert [r["step"] for r in _train_rows(out)] == [1, 2, 3]

@@ -16,6 +16,8 @@ import logging
 import time
 from pathlib import Path
 
+from recipe_chain.commands.argtypes import positive_int
+
 __all__ = ["register", "run_train", "config_from_args"]
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-interval", type=int, default=None, metavar="STEPS")
     p.add_argument("--checkpoint-interval", type=int, default=None, metavar="STEPS")
     p.add_argument("--no-resume", action="store_true", help="Start over even if --out holds a run.")
+    p.add_argument("--stop-after", type=positive_int, default=None, metavar="STEP",
+                   help="Stop after this global step, with a checkpoint, as if interrupted (rerun to resume).")
     p.set_defaults(func=run_train)
 
 
@@ -137,7 +141,7 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         llm, tokenizer = load_llm(args.llm, args.gguf_file)
     start = time.perf_counter()
-    result = train(config, llm, tokenizer, out_dir=args.out, resume=not args.no_resume)
+    result = train(config, llm, tokenizer, out_dir=args.out, resume=not args.no_resume, until_step=args.stop_after)
     wall = time.perf_counter() - start
     logger.info("Checkpoint written to %s", result.checkpoint)
     logger.info(
