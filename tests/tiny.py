@@ -125,8 +125,9 @@ def mirror_editor(llm, backbone_dir: str | Path, *, seed: int = 0) -> RecipeEdit
     """
     path = tiny_backbone_dir(backbone_dir)
     hidden = load_encoder(path)[0].config.hidden_size
-    editor = tiny_editor(llm, path, seed=seed, rep_dim=4 * hidden, head_blocks=0)
+    editor = tiny_editor(llm, path, seed=seed, rep_dim=5 * hidden, head_blocks=0)  # 5 pools of width H
     head = editor.encoder.knowledge_head
+    assert head.proj.in_features == head.proj.out_features, "the mirror editor needs square, orthogonal heads"
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         torch.nn.init.orthogonal_(head.proj.weight)
