@@ -160,6 +160,11 @@ for question in QUESTIONS:
     print(f"    hit {hit:.2f} vs sentinel {sentinel:.2f} (difference {hit - sentinel:+.2f}) -> {decision}")
 
 # %% [markdown]
+# A word on what to expect: the checkpoint shipped today retrieves and gates well, but its
+# prompt vectors are weak (token accuracy of the new target about 0.1 when the right edit
+# fires; see "Benchmarks" in the README). An edited answer often moves towards the *kind*
+# of answer (a language, a religion) rather than to the new target itself.
+#
 # The edited facts (and, if the encoder generalises, their paraphrases) should show a hit
 # similarity above the sentinel's; the neighbour and the unrelated prompt should fall
 # below it, so the LLM answers them untouched.
