@@ -1101,9 +1101,7 @@ class RecipeKnowledgeStore:
             # Chroma fetches the records of all Q x n_results hits in one SQL statement;
             # chunk the queries so that it stays under SQLite's variable limit.
             chunk = max(1, _MAX_HITS_PER_QUERY_CALL // n_results)
-            ids_of: dict[int, list[str]] = {}
-            metas_of: dict[int, list[Any]] = {}
-            embeddings_of: dict[int, Any] = {}
+            hits: dict[int, tuple[list[str], list[Any], Any]] = {}  # query -> (ids, metadatas, embeddings)
             for c in range(0, len(pending), chunk):
                 part = pending[c : c + chunk]
                 res = self._collection.query(
@@ -1113,18 +1111,17 @@ class RecipeKnowledgeStore:
                     include=include,
                 )
                 for j, qi in enumerate(part):
-                    ids_of[qi], metas_of[qi], embeddings_of[qi] = res["ids"][j], res["metadatas"][j], res["embeddings"][j]
+                    hits[qi] = (res["ids"][j], res["metadatas"][j], res["embeddings"][j])
             retry: list[int] = []
             for qi in pending:
-                ids = ids_of[qi]
-                metas = metas_of[qi]
+                ids, metas, embeddings = hits[qi]
                 self._check_candidate_fingerprints(metas)
                 found = [
                     _Stored(
                         edit_id,
                         dict(metas[i] or {}),
                         statement_of(str(metas[i].get(_PROMPT, "")), str(metas[i].get(_TARGET, ""))),
-                        torch.from_numpy(np.asarray(embeddings_of[qi][i], dtype=np.float32)),
+                        torch.from_numpy(np.asarray(embeddings[i], dtype=np.float32)),
                     )
                     for i, edit_id in enumerate(ids)
                     if (metas[i] or {}).get(_ACTIVE, True)
