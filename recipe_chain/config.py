@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["RecipeConfig", "CHECKPOINT_FORMAT_VERSION"]
 
@@ -21,8 +21,8 @@ class RecipeConfig(BaseModel):
         >>> cfg = RecipeConfig(backbone_id="sentence-transformers/all-MiniLM-L6-v2",
         ...     backbone_hidden_size=384, llm_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         ...     llm_hidden_size=576)
-        >>> cfg.prompt_len
-        3
+        >>> cfg.prompt_len, cfg.prompt_encoder
+        (3, 'mlp')
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,8 +46,24 @@ class RecipeConfig(BaseModel):
     # Knowledge Sentinel: learnable token embeddings run through backbone + knowledge head.
     sentinel_len: int = Field(default=4, gt=0)
     # Prompt encoder.
-    prompt_len: int = Field(default=3, gt=0, description="Continuous prompt vectors per edit.")
+    prompt_len: int = Field(
+        default=3,
+        gt=0,
+        description="Continuous prompt vectors per edit (the paper's 3; with the 'vocab' encoder on SmolLM2-135M, "
+        "4 = 2 context vectors + 2 token slots beat 3 = 1 + 2).",
+    )
     prompt_hidden_dim: int = Field(default=768, gt=0)
+    prompt_encoder: Literal["mlp", "vocab"] = Field(
+        default="mlp",
+        description="'mlp': the paper's MLP (also what checkpoints written before this field existed use); "
+        "'vocab': shared context vectors + token slots that mix the LLM's own token embeddings (see PromptEncoder).",
+    )
+    prompt_context_len: int = Field(
+        default=None,  # type: ignore[assignment]  # resolved by _default_context_len
+        ge=0,
+        description="Context vectors in front of the token slots ('vocab' mode; < prompt_len). Default: "
+        "min(2, prompt_len - 1).",
+    )
     prompt_input_norm: Literal["running", "layer"] = Field(
         default="running",
         description="How the prompt encoder normalises keys: running per-feature statistics, or a per-vector "
@@ -61,3 +77,21 @@ class RecipeConfig(BaseModel):
     lora_rank: int = Field(default=8, gt=0)
     lora_alpha: float = Field(default=16.0, gt=0)
     lora_targets: tuple[str, ...] = ("query", "key", "value", "dense")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_context_len(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("prompt_context_len") is None:
+            prompt_len = data.get("prompt_len", cls.model_fields["prompt_len"].default)
+            if isinstance(prompt_len, int):
+                data = {**data, "prompt_context_len": max(0, min(2, prompt_len - 1))}
+        return data
+
+    @model_validator(mode="after")
+    def _context_fits(self) -> "RecipeConfig":
+        if self.prompt_encoder == "vocab" and self.prompt_context_len >= self.prompt_len:
+            raise ValueError(
+                f"prompt_context_len ({self.prompt_context_len}) must be < prompt_len ({self.prompt_len}): "
+                "the 'vocab' prompt encoder needs at least one token slot"
+            )
+        return self

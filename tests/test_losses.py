@@ -10,6 +10,7 @@ import torch
 from recipe_chain.training.losses import (
     contrastive_retrieval_loss,
     hinged_cross_entropy,
+    prompt_token_loss,
     retrieval_logits,
     sentinel_loss,
     target_nll,
@@ -226,3 +227,19 @@ def test_retrieval_losses_reach_queries_keys_and_sentinel() -> None:
     loss.backward()
     for t in (q, k, s):
         assert t.grad is not None and t.grad.abs().sum() > 0
+
+
+def test_prompt_token_loss_rewards_slots_on_the_target_tokens() -> None:
+    vocab = 6
+    right = torch.full((2, 2, vocab), -5.0)  # (B, S, V)
+    right[0, 0, 3] = right[0, 1, 4] = right[1, 0, 1] = 5.0
+    targets = [[3, 4], [1]]  # the second target has one token: its second slot is free
+    low = prompt_token_loss(right, targets)
+    wrong = right.clone()
+    wrong[0, 0] = wrong[0, 0].roll(1)
+    assert low < 0.01 < prompt_token_loss(wrong, targets)
+    free = right.clone()
+    free[1, 1] = torch.randn(vocab) * 10  # whatever the free slot holds costs nothing
+    torch.testing.assert_close(prompt_token_loss(free, targets), low)
+    with pytest.raises(ValueError, match="slot_logits"):
+        prompt_token_loss(right, [[1]])

@@ -10,6 +10,8 @@ similarity ``sim(a, b) = a·b/√d`` (:func:`recipe_chain.editor.scaled_dot`).
   candidate keys *and* the sentinel.
 * :func:`sentinel_loss` -- a query must pick the sentinel over every candidate key
   (used with the query's own statement masked out, and for locality queries).
+* :func:`prompt_token_loss` -- not in the paper: the token slots of a ``"vocab"`` prompt
+  encoder must put their mixture weight on the new target's tokens.
 
 Hinge-style masking (the paper's "stop pushing a probability once it clearly wins")
 is offered by :func:`hinged_cross_entropy`: a row whose correct-class softmax
@@ -33,6 +35,7 @@ __all__ = [
     "retrieval_logits",
     "contrastive_retrieval_loss",
     "sentinel_loss",
+    "prompt_token_loss",
 ]
 
 _NEG = -1e9  # logit of a masked-out candidate (finite, so all-masked rows stay NaN-free)
@@ -276,3 +279,31 @@ def sentinel_loss(
     logits = retrieval_logits(queries, keys, sentinel, key_mask)  # (Q, K+1)
     target = torch.full((queries.shape[0],), keys.shape[0], dtype=torch.long, device=logits.device)  # (Q,)
     return hinged_cross_entropy(logits, target, hinge_threshold=hinge_threshold, margin=margin)
+
+
+def prompt_token_loss(slot_logits: torch.Tensor, target_ids: list[list[int]]) -> torch.Tensor:
+    """Cross-entropy of each token slot's vocabulary logits against the target token it should hold.
+
+    Slot ``j`` of row ``i`` is asked for ``target_ids[i][j]``; slots beyond a target's
+    length are left free (no loss), so a one-token target constrains one slot.
+
+    Args:
+        slot_logits: ``(B, S, V)`` from :meth:`PromptEncoder.forward_with_token_logits`.
+        target_ids: Per row, the new target's token ids as the LLM scores them.
+
+    Returns:
+        Scalar: the mean over rows of each row's token-mean cross-entropy.
+
+    Raises:
+        ValueError: If the number of rows differs.
+    """
+    if slot_logits.dim() != 3 or slot_logits.shape[0] != len(target_ids):
+        raise ValueError(f"slot_logits must be (B={len(target_ids)}, S, V); got {tuple(slot_logits.shape)}")
+    b, slots, _ = slot_logits.shape
+    targets = torch.zeros(b, slots, dtype=torch.long, device=slot_logits.device)  # (B, S)
+    mask = torch.zeros(b, slots, dtype=torch.bool, device=slot_logits.device)  # (B, S)
+    for i, ids in enumerate(target_ids):
+        n = min(len(ids), slots)
+        targets[i, :n] = torch.tensor(ids[:n], dtype=torch.long)
+        mask[i, :n] = True
+    return target_nll(slot_logits, targets, mask)
