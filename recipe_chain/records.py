@@ -5,8 +5,10 @@ They are re-exported by :mod:`recipe_chain.store`; import them from there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 __all__ = ["ScalarMeta", "EditRecord", "GateCandidate", "GateResult"]
 
@@ -89,6 +91,9 @@ class GateResult(BaseModel):
         gated: ``False`` when the gate was disabled (ablation: the top-1 is always used).
         candidates: The re-scored top candidates, best first.
         prompt_vectors: ``(P, D)`` prompt vectors of ``hit``, ``None`` without a hit.
+            Computed on first access, then kept: the decision does not need them, and
+            a ``"vocab"`` prompt encoder reads the whole LLM embedding matrix to make
+            them (tens of ms on a CPU), which only a caller that runs the LLM should pay.
 
     Example:
         >>> result = store.gate("What is the mother tongue of Danielle Darrieux?")  # doctest: +SKIP
@@ -105,7 +110,33 @@ class GateResult(BaseModel):
     margin: float
     gated: bool
     candidates: list[GateCandidate]
-    prompt_vectors: torch.Tensor | None
+    _prompt_vectors: torch.Tensor | None = PrivateAttr(default=None)
+    _vector_source: Callable[[], torch.Tensor] | None = PrivateAttr(default=None)
+
+    def bind_prompt_vectors(self, source: torch.Tensor | Callable[[], torch.Tensor] | None) -> GateResult:
+        """Attach the hit's prompt vectors, or a function that computes them on first access.
+
+        Stores call this when they build a result; it returns ``self``.
+
+        Args:
+            source: A ``(P, D)`` tensor, a zero-argument callable returning one, or ``None``.
+        """
+        if callable(source) and not isinstance(source, torch.Tensor):
+            self._prompt_vectors, self._vector_source = None, source
+        else:
+            self._prompt_vectors, self._vector_source = source, None
+        return self
+
+    @property
+    def prompt_vectors(self) -> torch.Tensor | None:
+        """``(P, D)`` prompt vectors of ``hit`` (``None`` without a hit); see the class docs."""
+        if self.hit is None:
+            return None
+        source = self._vector_source
+        if self._prompt_vectors is None and source is not None:
+            self._prompt_vectors = source()
+            self._vector_source = None
+        return self._prompt_vectors
 
     @property
     def fired(self) -> bool:

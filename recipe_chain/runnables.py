@@ -126,13 +126,11 @@ def apply_gate_overrides(
         best.similarity, result.sentinel_similarity, margin=new_margin, use_gate=gated
     )
     hit = best.record if admitted else None
-    if hit is None:
-        vectors = None
-    elif result.hit is not None and result.hit.edit_id == hit.edit_id:
-        vectors = result.prompt_vectors
-    else:
-        vectors = store.prompt_vectors(hit.edit_id)
-    return result.model_copy(update={"hit": hit, "margin": new_margin, "gated": gated, "prompt_vectors": vectors})
+    updated = result.model_copy(update={"hit": hit, "margin": new_margin, "gated": gated})
+    if hit is None or (result.hit is not None and result.hit.edit_id == hit.edit_id):
+        return updated  # the same hit keeps its (possibly not yet computed) prompt vectors
+    edit_id = hit.edit_id
+    return updated.bind_prompt_vectors(lambda: store.prompt_vectors(edit_id))
 
 
 def edit_info(result: GateResult | None) -> dict[str, Any]:

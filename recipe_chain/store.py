@@ -66,7 +66,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1049,6 +1049,19 @@ class RecipeKnowledgeStore:
         assert stored.key is not None
         return self._prompt_vectors(stored.key)
 
+    def _vector_source(self, key: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """A function computing ``key``'s prompt vectors with the editor of now, on first call."""
+        editor, fingerprint = self.editor, self._fingerprint
+
+        def compute() -> torch.Tensor:
+            if editor.fingerprint != fingerprint:
+                raise EncoderMismatchError(
+                    f"The editor's weights changed after this gate result was made from {self.identity}"
+                )
+            return self._prompt_vectors(key)
+
+        return compute
+
     def _prompt_vectors(self, key: torch.Tensor) -> torch.Tensor:
         with self._encode_lock:
             return self.editor.prompt_vectors(key[None])[0].cpu()  # (P, D)
@@ -1217,8 +1230,7 @@ class RecipeKnowledgeStore:
                     margin=self.gate_margin,
                     gated=self.use_gate,
                     candidates=candidates,
-                    prompt_vectors=self._prompt_vectors(keys[0]) if hit is not None else None,
-                )
+                ).bind_prompt_vectors(self._vector_source(keys[0]) if hit is not None else None)
             )
         return results
 

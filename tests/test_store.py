@@ -390,9 +390,24 @@ def test_prompt_vectors_are_derived_from_the_stored_key(make_store: StoreFactory
     vectors = store.prompt_vectors(record.edit_id)
     key = store.stored_key(record.edit_id)
     assert torch.equal(vectors, editor.prompt_vectors(key[None])[0])
-    assert vectors.shape == (3, editor.config.llm_hidden_size) and vectors.dtype == torch.float32
+    assert vectors.shape == (editor.config.prompt_len, editor.config.llm_hidden_size) and vectors.dtype == torch.float32
     with pytest.raises(EditNotFoundError):
         store.prompt_vectors("missing")
+
+
+def test_gate_computes_prompt_vectors_only_when_asked(
+    make_store: StoreFactory, editor: RecipeEditor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(editor, use_gate=False)  # always a hit
+    (record,) = add_facts(store, FACTS[:1])
+    calls: list[int] = []
+    original = editor.prompt_vectors
+    monkeypatch.setattr(editor, "prompt_vectors", lambda keys: calls.append(1) or original(keys))
+    result = store.gate(FACTS[0][0])
+    assert result.fired and calls == []  # the decision alone runs no prompt encoder
+    first = result.prompt_vectors
+    assert calls == [1] and result.prompt_vectors is first and calls == [1]  # computed once, then kept
+    assert torch.equal(first, store.prompt_vectors(record.edit_id))
 
 
 # ---------------------------------------------------------------------------- namespaces

@@ -206,7 +206,7 @@ def test_sigkill_during_add_edits_leaves_a_consistent_prefix(checkpoint: Path, t
         key = store.stored_key(edit_id)
         torch.testing.assert_close(key, expected_keys[j], rtol=1e-5, atol=1e-6, msg=edit_id)
         vectors = store.prompt_vectors(edit_id)
-        assert vectors.shape == (3, editor.config.llm_hidden_size) and torch.isfinite(vectors).all()
+        assert vectors.shape == (editor.config.prompt_len, editor.config.llm_hidden_size) and torch.isfinite(vectors).all()
     for record in random.Random(0).sample(records, 50):
         assert torch.isfinite(store.stored_key(record.edit_id)).all()
         assert torch.isfinite(store.prompt_vectors(record.edit_id)).all()
