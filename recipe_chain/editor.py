@@ -109,6 +109,8 @@ class RecipeEditor(nn.Module):
             config.prompt_hidden_dim,
             config.prompt_init_std,
             input_norm=config.prompt_input_norm,
+            mode=config.prompt_encoder,
+            context_len=config.prompt_context_len,
         )
         self._fingerprint: str | None = None
         self.eval()
@@ -157,11 +159,22 @@ class RecipeEditor(nn.Module):
             llm_hidden_size=emb.embedding_dim,
             **config_kwargs,  # type: ignore[arg-type]
         )
+
+        def build() -> "RecipeEditor":
+            editor = cls(config, backbone, tokenizer)
+            editor.attach_llm(llm)
+            if config.prompt_encoder == "vocab" and config.prompt_context_len:
+                # context vectors start as random real tokens (the usual prompt-tuning init)
+                rows = torch.randint(emb.num_embeddings, (config.prompt_context_len,))
+                with torch.no_grad():
+                    editor.prompt_encoder.init_context_from(emb(rows.to(emb.weight.device)).float())
+            return editor
+
         if seed is None:
-            return cls(config, backbone, tokenizer)
+            return build()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(config, backbone, tokenizer)
+            return build()
 
     @classmethod
     def from_pretrained(
@@ -195,6 +208,7 @@ class RecipeEditor(nn.Module):
         # fields added since format 1 was first written: absent means the behaviour of then
         raw.setdefault("prompt_input_norm", "layer")
         raw.setdefault("pool_last_token", False)
+        raw.setdefault("prompt_encoder", "mlp")
         config = RecipeConfig.model_validate(raw)
         if config.format_version != CHECKPOINT_FORMAT_VERSION:
             raise CheckpointMismatchError(
@@ -203,6 +217,8 @@ class RecipeEditor(nn.Module):
             )
         if llm is not None:
             check_llm_matches(config, llm, where=str(path))
+        elif config.prompt_encoder == "vocab":
+            logger.info("Editor %s loaded without its LLM: prompt vectors need editor.attach_llm(llm)", path)
         if backbone is None:
             backbone, tokenizer = _resolve_backbone(config, path)
         elif tokenizer is None:
@@ -216,8 +232,71 @@ class RecipeEditor(nn.Module):
             raise CheckpointMismatchError(
                 f"Checkpoint {path} does not fit this editor: missing {really_missing[:5]}, unexpected {unexpected[:5]}"
             )
+        if llm is not None:
+            editor.attach_llm(llm)
         editor.eval()
         return editor
+
+    def attach_llm(self, llm: PreTrainedModel) -> None:
+        """Bind the frozen LLM the prompt vectors are for (its token embeddings, in ``"vocab"`` mode).
+
+        Args:
+            llm: The causal LM this editor was built for.
+
+        Raises:
+            CheckpointMismatchError: If ``llm`` is not that LLM.
+        """
+        check_llm_matches(self.config, llm, where="editor")
+        self.prompt_encoder.attach_vocabulary(llm.get_input_embeddings())
+
+    def replace_prompt_encoder(self, llm: PreTrainedModel, *, seed: int | None = 0, **fields: object) -> None:
+        """Swap in a new, untrained prompt encoder; the knowledge encoder and the sentinel stay.
+
+        For training a different prompt encoder on top of an already trained retriever
+        (``recipe-chain train --init-encoder-from``). Stores written with the old
+        prompt encoder no longer match this editor's fingerprint.
+
+        Args:
+            llm: The LLM the editor was built for.
+            seed: Seed of the new weights (``None``: the global RNG).
+            **fields: Prompt-encoder fields of :class:`RecipeConfig` to change
+                (``prompt_len``, ``prompt_encoder``, ``prompt_context_len``,
+                ``prompt_hidden_dim``, ``prompt_input_norm``).
+
+        Raises:
+            ValueError: For a field that is not a prompt-encoder field.
+        """
+        allowed = {"prompt_len", "prompt_encoder", "prompt_context_len", "prompt_hidden_dim", "prompt_input_norm"}
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise ValueError(f"replace_prompt_encoder changes only {sorted(allowed)}; got {unknown}")
+        values = self.config.model_dump() | fields
+        if "prompt_len" in fields and "prompt_context_len" not in fields:
+            values["prompt_context_len"] = None  # the default for the new length
+        config = RecipeConfig.model_validate(values)
+        emb = llm.get_input_embeddings()
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            encoder = PromptEncoder(
+                config.rep_dim,
+                config.llm_hidden_size,
+                config.prompt_len,
+                config.prompt_hidden_dim,
+                config.prompt_init_std,
+                input_norm=config.prompt_input_norm,
+                mode=config.prompt_encoder,
+                context_len=config.prompt_context_len,
+            )
+            if config.prompt_encoder == "vocab" and config.prompt_context_len:
+                rows = torch.randint(emb.num_embeddings, (config.prompt_context_len,))
+                with torch.no_grad():
+                    encoder.init_context_from(emb(rows.to(emb.weight.device)).float())
+        self.config = config
+        self.prompt_encoder = encoder.to(self.device)
+        self.attach_llm(llm)
+        self.invalidate_fingerprint()
+        self.train(self.training)
 
     # ------------------------------------------------------------------ checkpoints
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -230,22 +309,44 @@ class RecipeEditor(nn.Module):
             k: v for k, v in state.items() if not k.startswith(prefix) or k.endswith(("lora_a", "lora_b"))
         }
 
-    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
+    def save_pretrained(self, path: str | os.PathLike[str], *, dtype: str | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` atomically (temp dir, then rename).
+
+        Args:
+            path: Checkpoint directory (replaced if it exists).
+            dtype: ``"float16"`` or ``"bfloat16"`` stores the trained weights at that
+                precision (half the size; running statistics stay float32), and
+                :meth:`from_pretrained` loads them back into float32. The checkpoint's
+                fingerprint is that of the rounded weights; this in-memory editor keeps
+                its full-precision weights, so reload the checkpoint to use what was saved.
 
         Returns:
             The checkpoint directory.
+
+        Raises:
+            ValueError: For another ``dtype``.
+
+        Example:
+            >>> editor.save_pretrained("ckpt-small", dtype="float16")  # doctest: +SKIP
         """
+        storage = {None: None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        if dtype not in storage:
+            raise ValueError(f"dtype must be None, 'float16' or 'bfloat16'; got {dtype!r}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a checkpoint is an ordinary, shareable directory
             tensors = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+            if storage[dtype] is not None:
+                parameters = {name for name, _ in self.named_parameters()}
+                tensors = {k: v.to(storage[dtype]) if k in parameters and v.is_floating_point() else v
+                           for k, v in tensors.items()}
             save_file(tensors, str(tmp / _WEIGHTS_FILE), metadata={"format": "pt"})
             os.chmod(tmp / _WEIGHTS_FILE, 0o644)
-            self._fingerprint = _hash_tensors(tensors, self.config)
-            config = self.config.model_dump(mode="json") | {"fingerprint": self._fingerprint}
+            fingerprint = _hash_tensors(tensors, self.config)
+            self._fingerprint = fingerprint if dtype is None else None
+            config = self.config.model_dump(mode="json") | {"fingerprint": fingerprint}
             (tmp / _CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
             if self.config.backbone_tuning == "full":
                 self.encoder.backbone.save_pretrained(tmp / _BACKBONE_DIR)
@@ -366,8 +467,13 @@ def _hash_tensors(tensors: dict[str, torch.Tensor], config: RecipeConfig) -> str
     # Checkpoints written before ``prompt_input_norm`` and ``pool_last_token`` existed (a
     # LayerNorm'd prompt encoder, four pools): hash their config as it was written then, so
     # their fingerprints (and the stores built with them) stay valid.
-    exclude = {"prompt_input_norm", "pool_last_token"} if config.prompt_input_norm == "layer" else None
-    digest = hashlib.sha256(config.model_dump_json(exclude=exclude).encode())
+    # Likewise before ``prompt_encoder`` / ``prompt_context_len`` (every such checkpoint is "mlp").
+    exclude: set[str] = set()
+    if config.prompt_input_norm == "layer":
+        exclude |= {"prompt_input_norm", "pool_last_token"}
+    if config.prompt_encoder == "mlp":
+        exclude |= {"prompt_encoder", "prompt_context_len"}
+    digest = hashlib.sha256(config.model_dump_json(exclude=exclude or None).encode())
     for name in sorted(tensors):
         digest.update(name.encode())
         digest.update(tensors[name].float().numpy().tobytes())

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from recipe_chain import CheckpointMismatchError, RecipeConfig, RecipeEditor, statement_of
 from recipe_chain.encoder import pool_features
-from recipe_chain.prompt_encoder import RunningStandardizer
+from recipe_chain.prompt_encoder import PromptEncoder, RunningStandardizer
 from tiny_models import tiny_backbone, tiny_causal_lm
 
 
@@ -112,15 +112,25 @@ def test_prompt_encoder_statistics_are_saved(llm, backbone, tmp_path) -> None:
     torch.testing.assert_close(loaded.prompt_vectors(keys), editor.prompt_vectors(keys), rtol=0, atol=0)
 
 
-def test_checkpoints_from_before_the_new_fields_load_as_they_were(llm, backbone, tmp_path) -> None:
-    """Checkpoints written before running key statistics existed used a per-vector LayerNorm."""
-    editor = make_editor(llm, backbone, prompt_input_norm="layer", pool_last_token=False)
+@pytest.mark.parametrize(
+    "old_fields",
+    [
+        {"prompt_encoder": "mlp"},  # before the vocab prompt encoder
+        {"prompt_encoder": "mlp", "prompt_input_norm": "layer", "pool_last_token": False},  # and running statistics
+    ],
+)
+def test_checkpoints_from_before_the_new_fields_load_as_they_were(llm, backbone, tmp_path, old_fields) -> None:
+    """Older checkpoints lack newer config fields: absent means the behaviour of then."""
+    editor = make_editor(llm, backbone, **old_fields)
     editor.save_pretrained(tmp_path / "old")
     cfg = json.loads((tmp_path / "old" / "config.json").read_text())
-    del cfg["prompt_input_norm"], cfg["pool_last_token"]
+    for name in old_fields:
+        del cfg[name]
+    cfg.pop("prompt_context_len")
     (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
     loaded = RecipeEditor.from_pretrained(tmp_path / "old", llm=llm)
-    assert loaded.config.prompt_input_norm == "layer" and loaded.config.pool_last_token is False
+    for name, value in old_fields.items():
+        assert getattr(loaded.config, name) == value
     assert loaded.fingerprint == editor.fingerprint  # stores written with the old checkpoint stay valid
     keys = editor.encode_statements(["a fact"])
     torch.testing.assert_close(loaded.prompt_vectors(keys), editor.prompt_vectors(keys), rtol=0, atol=0)
@@ -261,3 +271,97 @@ def test_lora_inference_uses_a_merged_weight_that_follows_updates() -> None:
     out = layer(x).sum()
     out.backward()
     assert layer.lora_a.grad is not None and layer.base.weight.grad is None
+
+
+def test_vocab_prompt_encoder_needs_its_llm(llm, backbone, tmp_path) -> None:
+    editor = make_editor(llm, backbone, prompt_encoder="vocab", prompt_len=3, prompt_context_len=1)
+    editor.save_pretrained(tmp_path / "ckpt")
+    model, tokenizer, _ = backbone
+    keys = editor.encode_statements(["a fact"])
+    detached = RecipeEditor.from_pretrained(tmp_path / "ckpt", backbone=type(model).from_pretrained(backbone[2]),
+                                            tokenizer=tokenizer)
+    with pytest.raises(RuntimeError, match="attach_llm"):
+        detached.prompt_vectors(keys)
+    detached.attach_llm(llm)
+    torch.testing.assert_close(detached.prompt_vectors(keys), editor.prompt_vectors(keys), rtol=0, atol=0)
+    assert editor.prompt_vectors(keys).shape == (1, 3, llm.config.hidden_size)
+    # the embedding matrix is the LLM's, not part of the checkpoint
+    assert not any(v.shape[0] == llm.config.vocab_size for v in editor.trainable_state_dict().values() if v.dim())
+
+
+def test_vocab_token_slot_reproduces_the_chosen_token_embedding() -> None:
+    emb = torch.nn.Embedding(10, 4)
+    enc = PromptEncoder(rep_dim=6, llm_hidden_size=4, prompt_len=3, hidden_dim=8, init_std=0.02, mode="vocab",
+                        context_len=1)
+    enc.attach_vocabulary(emb)
+    chosen = [7, 2]
+    with torch.no_grad():
+        enc.token_query.weight.zero_()
+        enc.token_query.bias.copy_(torch.cat([emb.weight[t] for t in chosen]) * 200.0)  # (S * D,)
+    enc.eval()
+    vectors, logits = enc.forward_with_token_logits(torch.randn(5, 6))  # (5, 3, 4), (5, 2, 10)
+    assert vectors.shape == (5, 3, 4) and logits.shape == (5, 2, 10)
+    assert logits.argmax(-1).tolist() == [chosen] * 5
+    torch.testing.assert_close(vectors[:, 1:], emb.weight[chosen].expand(5, 2, 4).detach(), atol=1e-3, rtol=0)
+    torch.testing.assert_close(vectors[:, 0], enc.context[0].expand(5, 4).detach())
+
+
+def test_vocab_slots_follow_a_scaled_embedding() -> None:
+    """Gemma-style embeddings scale the looked-up rows; the mixture must live in that output space."""
+
+    class Scaled(torch.nn.Embedding):
+        def forward(self, ids):  # noqa: ANN001, ANN202
+            return super().forward(ids) * 3.0
+
+    emb = Scaled(10, 4)
+    enc = PromptEncoder(rep_dim=6, llm_hidden_size=4, prompt_len=2, hidden_dim=8, init_std=0.02, mode="vocab",
+                        context_len=0)
+    enc.attach_vocabulary(emb)
+    with torch.no_grad():
+        enc.token_query.weight.zero_()
+        enc.token_query.bias.copy_(emb.weight[[4, 5]].reshape(-1) * 200.0)
+    vectors = enc.eval()(torch.randn(1, 6))
+    torch.testing.assert_close(vectors[0], emb(torch.tensor([4, 5])).detach(), atol=1e-3, rtol=0)
+
+
+def test_vocab_prompt_encoder_config_needs_a_token_slot() -> None:
+    with pytest.raises(ValueError, match="token slot"):
+        RecipeConfig(backbone_id="b", backbone_hidden_size=8, llm_id="l", llm_hidden_size=8, prompt_len=2,
+                     prompt_context_len=2, prompt_encoder="vocab")
+    RecipeConfig(backbone_id="b", backbone_hidden_size=8, llm_id="l", llm_hidden_size=8, prompt_len=2,
+                 prompt_context_len=2, prompt_encoder="mlp")
+
+
+def test_half_precision_checkpoint_loads_into_float32(llm, backbone, tmp_path) -> None:
+    editor = make_editor(llm, backbone)
+    full = editor.save_pretrained(tmp_path / "full")
+    half = editor.save_pretrained(tmp_path / "half", dtype="float16")
+    size = lambda p: (p / "model.safetensors").stat().st_size  # noqa: E731
+    assert size(half) < 0.6 * size(full)
+    stored = load_file(str(half / "model.safetensors"))
+    assert stored["prompt_encoder.net.1.weight"].dtype == torch.float16
+    assert stored["prompt_encoder.net.0.running_var"].dtype == torch.float32  # statistics keep full precision
+    loaded = RecipeEditor.from_pretrained(half, llm=llm)
+    assert next(loaded.prompt_encoder.parameters()).dtype == torch.float32
+    assert loaded.fingerprint == json.loads((half / "config.json").read_text())["fingerprint"] != editor.fingerprint
+    keys = editor.encode_statements(["a fact"])
+    torch.testing.assert_close(loaded.prompt_vectors(keys), editor.prompt_vectors(keys), rtol=1e-2, atol=1e-3)
+    with pytest.raises(ValueError, match="dtype"):
+        editor.save_pretrained(tmp_path / "bad", dtype="int8")
+
+
+def test_replace_prompt_encoder_keeps_the_retriever(llm, backbone) -> None:
+    editor = make_editor(llm, backbone, prompt_encoder="mlp", prompt_len=3)
+    keys = editor.encode_statements(["a fact", "another fact"])
+    queries = editor.encode_queries(["a question"])
+    sentinel = editor.sentinel_key()
+    before = editor.fingerprint
+    editor.replace_prompt_encoder(llm, prompt_encoder="vocab", prompt_len=4)
+    assert (editor.config.prompt_encoder, editor.config.prompt_len, editor.config.prompt_context_len) == ("vocab", 4, 2)
+    torch.testing.assert_close(editor.encode_statements(["a fact", "another fact"]), keys, rtol=0, atol=0)
+    torch.testing.assert_close(editor.encode_queries(["a question"]), queries, rtol=0, atol=0)
+    torch.testing.assert_close(editor.sentinel_key(), sentinel, rtol=0, atol=0)
+    assert editor.prompt_vectors(keys).shape == (2, 4, llm.config.hidden_size)
+    assert editor.fingerprint != before
+    with pytest.raises(ValueError, match="rep_dim"):
+        editor.replace_prompt_encoder(llm, rep_dim=8)

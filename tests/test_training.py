@@ -83,8 +83,13 @@ def _config(files: dict[str, Path], **overrides) -> TrainingConfig:  # noqa: ANN
 
 
 def _models(files: dict[str, Path], arch: str = "llama", seed: int = 0):  # noqa: ANN202
+    """A tiny LLM and a tiny editor with the "vocab" prompt encoder (so every loss applies).
+
+    The paper's MLP prompt encoder is trained by the CLI tests, which use the defaults.
+    """
     llm, tokenizer = tiny_causal_lm(arch)
-    editor = tiny_editor(llm, files["backbone"], seed=seed, backbone_tuning="lora")
+    editor = tiny_editor(llm, files["backbone"], seed=seed, backbone_tuning="lora", prompt_encoder="vocab",
+                         prompt_len=4)
     return llm, tokenizer, editor
 
 
@@ -351,3 +356,65 @@ def test_cli_train_runs_on_a_local_model_directory(files, tmp_path: Path) -> Non
     loaded = RecipeEditor.from_pretrained(out / "checkpoint")
     assert loaded.config.llm_id == str(model_dir)
     assert [r["step"] for r in _train_rows(out)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.25, 1.0])
+def test_prompt_key_grad_scales_only_the_gradient(scale: float) -> None:
+    from recipe_chain.training.trainer import _scale_grad
+
+    x = torch.randn(3, 4, requires_grad=True)
+    y = _scale_grad(x, scale)
+    torch.testing.assert_close(y, x)
+    if scale == 0.0:
+        assert not y.requires_grad  # detached: the keys get nothing from the LLM-side losses
+        return
+    (y * torch.arange(12.0).view(3, 4)).sum().backward()
+    torch.testing.assert_close(x.grad, torch.arange(12.0).view(3, 4) * scale)
+
+
+@pytest.mark.integration
+def test_cli_train_init_from_keeps_the_trained_heads(files, tmp_path: Path) -> None:  # noqa: ANN001
+    """``--init-from`` starts a new run from a checkpoint, without re-tying its query head."""
+    llm, tokenizer = tiny_causal_lm("llama")
+    model_dir = tmp_path / "tiny-llm"
+    llm.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    common = ["--data", str(files["data"]), "--llm", str(model_dir), "--batch-size", "4", "--eval-examples", "0",
+              "--device", "cpu", "--threads", "1"]
+    assert main(["train", *common, "--out", str(tmp_path / "first"), "--steps", "3"]) == 0
+    first = _trained_tensors(tmp_path / "first")
+    tiny_lr = ["--lr", "1e-12", "--prompt-lr", "1e-12", "--backbone-lr", "1e-12"]
+    argv = ["train", *common, *tiny_lr, "--out", str(tmp_path / "second"), "--steps", "1",
+            "--init-from", str(tmp_path / "first" / "checkpoint")]
+    assert main(argv) == 0
+    second = _trained_tensors(tmp_path / "second")
+    name = "encoder.query_head.proj.weight"
+    torch.testing.assert_close(second[name], first[name], rtol=0, atol=1e-6)
+    assert not torch.allclose(second[name], second["encoder.knowledge_head.proj.weight"])
+    saved = json.loads((tmp_path / "second" / "training_config.json").read_text())
+    assert saved["tie_head_init"] is False
+
+
+@pytest.mark.integration
+def test_cli_train_init_encoder_from_trains_only_a_new_prompt_encoder(files, tmp_path: Path) -> None:  # noqa: ANN001
+    """``--init-encoder-from`` + zero retrieval/sentinel weights + ``--prompt-key-grad 0``: the retriever is frozen."""
+    llm, tokenizer = tiny_causal_lm("llama")
+    model_dir = tmp_path / "tiny-llm"
+    llm.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    common = ["--data", str(files["data"]), "--llm", str(model_dir), "--batch-size", "4", "--eval-examples", "0",
+              "--device", "cpu", "--threads", "1"]
+    assert main(["train", *common, "--out", str(tmp_path / "first"), "--steps", "3"]) == 0  # the paper's MLP
+    first = _trained_tensors(tmp_path / "first")
+    argv = ["train", *common, "--out", str(tmp_path / "second"), "--steps", "2",
+            "--init-encoder-from", str(tmp_path / "first" / "checkpoint"), "--prompt-encoder", "vocab",
+            "--prompt-len", "4", "--weight-retrieval", "0",
+            "--weight-sentinel", "0", "--prompt-key-grad", "0"]
+    assert main(argv) == 0
+    second = _trained_tensors(tmp_path / "second")
+    for name in first:
+        if not name.startswith("prompt_encoder."):
+            torch.testing.assert_close(second[name], first[name], rtol=0, atol=0)
+    assert "prompt_encoder.token_query.weight" in second and "prompt_encoder.token_query.weight" not in first
+    config = json.loads((tmp_path / "second" / "checkpoint" / "config.json").read_text())
+    assert (config["prompt_encoder"], config["prompt_len"]) == ("vocab", 4)

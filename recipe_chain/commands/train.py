@@ -34,7 +34,11 @@ _FIELDS = (
     "weight_locality",
     "weight_retrieval",
     "weight_sentinel",
+    "weight_prompt_tokens",
     "prompt_len",
+    "prompt_encoder",
+    "prompt_context_len",
+    "prompt_key_grad",
     "rep_dim",
     "backbone_tuning",
     "seed",
@@ -87,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-lr", type=float, default=None, help="Learning rate of the prompt encoder.")
     p.add_argument("--backbone-lr", type=float, default=None, help="Learning rate of the backbone adapter.")
     p.add_argument("--warmup-steps", type=int, default=None)
-    for name in ("reliability", "generality", "locality", "retrieval", "sentinel"):
+    for name in ("reliability", "generality", "locality", "retrieval", "sentinel", "prompt-tokens"):
         p.add_argument(f"--weight-{name}", type=float, default=None, metavar="W", help=f"Weight of the {name} loss.")
     p.add_argument("--hinge-threshold", type=_hinge, default=argparse.SUPPRESS, metavar="P|none",
                    help="Stop the retrieval/sentinel loss of rows whose correct class has probability > P.")
@@ -95,6 +99,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--key-queue-size", type=int, default=None, metavar="N",
                    help="Detached recent statement keys used as extra negatives (0: off).")
     p.add_argument("--prompt-len", type=int, default=None, help="Continuous prompt vectors per edit.")
+    p.add_argument("--prompt-encoder", choices=("vocab", "mlp"), default=None,
+                   help="'vocab' (default): context vectors + slots mixing the LLM's token embeddings; "
+                   "'mlp': the paper's MLP.")
+    p.add_argument("--prompt-context-len", type=int, default=None, metavar="N",
+                   help="Context vectors in front of the token slots ('vocab' encoder).")
+    p.add_argument("--prompt-key-grad", type=float, default=None, metavar="S",
+                   help="Scale of the LLM-side losses' gradient into the keys (0: detached; default 1).")
     p.add_argument("--rep-dim", type=int, default=None, help="Width of keys, queries and the sentinel.")
     p.add_argument("--backbone-tuning", choices=("frozen", "lora", "full"), default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -104,6 +115,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-examples", type=int, default=None, metavar="N")
     p.add_argument("--eval-interval", type=int, default=None, metavar="STEPS")
     p.add_argument("--checkpoint-interval", type=int, default=None, metavar="STEPS")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="Start a new run from this checkpoint's weights (e.g. a second phase with other loss "
+                   "settings); its architecture is kept. A run resumed from --out ignores it.")
+    p.add_argument("--init-encoder-from", default=None, metavar="CHECKPOINT",
+                   help="Start a new run from this checkpoint's knowledge encoder and sentinel with a new prompt "
+                   "encoder (the --prompt-* options). A run resumed from --out ignores it.")
     p.add_argument("--no-resume", action="store_true", help="Start over even if --out holds a run.")
     p.add_argument("--stop-after", type=positive_int, default=None, metavar="STEP",
                    help="Stop after this global step, with a checkpoint, as if interrupted (rerun to resume).")
@@ -140,8 +157,33 @@ def run_train(args: argparse.Namespace) -> int:
         llm, tokenizer = load_default_llm()
     else:
         llm, tokenizer = load_llm(args.llm, args.gguf_file)
+    editor = None
+    if args.init_from and args.init_encoder_from:
+        raise ValueError("Give --init-from or --init-encoder-from, not both")
+    if args.init_encoder_from:
+        from recipe_chain.config import RecipeConfig
+        from recipe_chain.editor import RecipeEditor
+
+        editor = RecipeEditor.from_pretrained(args.init_encoder_from, llm=llm)
+        defaults = RecipeConfig.model_fields
+        prompt_fields = {  # the options given, else RecipeConfig's defaults (not the checkpoint's)
+            "prompt_len": config.prompt_len or defaults["prompt_len"].default,
+            "prompt_encoder": config.prompt_encoder or defaults["prompt_encoder"].default,
+            "prompt_context_len": config.prompt_context_len,
+        }
+        editor.replace_prompt_encoder(llm, seed=config.seed, **prompt_fields)
+        config = config.model_copy(update={"tie_head_init": False})  # keep its trained query head
+        logger.info("Knowledge encoder and sentinel from %s, new prompt encoder %s", args.init_encoder_from,
+                    prompt_fields or "(defaults)")
+    if args.init_from:
+        from recipe_chain.editor import RecipeEditor
+
+        editor = RecipeEditor.from_pretrained(args.init_from, llm=llm)
+        config = config.model_copy(update={"tie_head_init": False})  # keep its trained query head
+        logger.info("Starting from %s (fingerprint %s)", args.init_from, editor.fingerprint)
     start = time.perf_counter()
-    result = train(config, llm, tokenizer, out_dir=args.out, resume=not args.no_resume, until_step=args.stop_after)
+    result = train(config, llm, tokenizer, editor, out_dir=args.out, resume=not args.no_resume,
+                   until_step=args.stop_after)
     wall = time.perf_counter() - start
     logger.info("Checkpoint written to %s", result.checkpoint)
     logger.info(
