@@ -102,16 +102,7 @@ class RecipeEditor(nn.Module):
             pool_last_token=config.pool_last_token,
         )
         self.sentinel = KnowledgeSentinel.from_text(self.encoder, _SENTINEL_INIT_TEXT, config.sentinel_len)
-        self.prompt_encoder = PromptEncoder(
-            config.rep_dim,
-            config.llm_hidden_size,
-            config.prompt_len,
-            config.prompt_hidden_dim,
-            config.prompt_init_std,
-            input_norm=config.prompt_input_norm,
-            mode=config.prompt_encoder,
-            context_len=config.prompt_context_len,
-        )
+        self.prompt_encoder = PromptEncoder.from_config(config)
         self._fingerprint: str | None = None
         self.eval()
 
@@ -163,11 +154,7 @@ class RecipeEditor(nn.Module):
         def build() -> "RecipeEditor":
             editor = cls(config, backbone, tokenizer)
             editor.attach_llm(llm)
-            if config.prompt_encoder == "vocab" and config.prompt_context_len:
-                # context vectors start as random real tokens (the usual prompt-tuning init)
-                rows = torch.randint(emb.num_embeddings, (config.prompt_context_len,))
-                with torch.no_grad():
-                    editor.prompt_encoder.init_context_from(emb(rows.to(emb.weight.device)).float())
+            editor.prompt_encoder.init_context_from_vocabulary(emb)
             return editor
 
         if seed is None:
@@ -278,20 +265,8 @@ class RecipeEditor(nn.Module):
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            encoder = PromptEncoder(
-                config.rep_dim,
-                config.llm_hidden_size,
-                config.prompt_len,
-                config.prompt_hidden_dim,
-                config.prompt_init_std,
-                input_norm=config.prompt_input_norm,
-                mode=config.prompt_encoder,
-                context_len=config.prompt_context_len,
-            )
-            if config.prompt_encoder == "vocab" and config.prompt_context_len:
-                rows = torch.randint(emb.num_embeddings, (config.prompt_context_len,))
-                with torch.no_grad():
-                    encoder.init_context_from(emb(rows.to(emb.weight.device)).float())
+            encoder = PromptEncoder.from_config(config)
+            encoder.init_context_from_vocabulary(emb)
         self.config = config
         self.prompt_encoder = encoder.to(self.device)
         self.attach_llm(llm)

@@ -7,6 +7,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from recipe_chain.config import RecipeConfig
+
 __all__ = ["PromptEncoder", "RunningStandardizer"]
 
 
@@ -155,10 +157,25 @@ class PromptEncoder(nn.Module):
         self._vocab = weight.detach().float()  # (V, D); a view when the LLM is already float32
 
     @torch.no_grad()
-    def init_context_from(self, vectors: torch.Tensor) -> None:
-        """Start the context vectors at given embeddings ``(context_len, D)`` (e.g. real tokens)."""
+    def init_context_from_vocabulary(self, embedding: nn.Embedding) -> None:
+        """Start the context vectors as random real tokens (the usual prompt-tuning init; global RNG)."""
         if self.mode == "vocab" and self.context_len:
-            self.context.copy_(vectors.reshape(self.context_len, self.llm_hidden_size))
+            rows = torch.randint(embedding.num_embeddings, (self.context_len,))
+            self.context.copy_(embedding(rows.to(embedding.weight.device)).float())  # (C, D)
+
+    @classmethod
+    def from_config(cls, config: RecipeConfig) -> PromptEncoder:
+        """The prompt encoder a :class:`~recipe_chain.config.RecipeConfig` describes (untrained)."""
+        return cls(
+            config.rep_dim,
+            config.llm_hidden_size,
+            config.prompt_len,
+            config.prompt_hidden_dim,
+            config.prompt_init_std,
+            input_norm=config.prompt_input_norm,
+            mode=config.prompt_encoder,
+            context_len=config.prompt_context_len,
+        )
 
     # ------------------------------------------------------------------ forward
     def forward(self, keys: torch.Tensor) -> torch.Tensor:
