@@ -358,6 +358,16 @@ def test_cli_train_runs_on_a_local_model_directory(files, tmp_path: Path) -> Non
     assert [r["step"] for r in _train_rows(out)] == [1, 2, 3]
 
 
+def _cli_args_for_a_saved_tiny_llm(files: dict[str, Path], tmp_path: Path) -> list[str]:
+    """Save a tiny LLM under ``tmp_path``; the ``train`` options every CLI run below shares."""
+    llm, tokenizer = tiny_causal_lm("llama")
+    model_dir = tmp_path / "tiny-llm"
+    llm.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return ["--data", str(files["data"]), "--llm", str(model_dir), "--batch-size", "4", "--eval-examples", "0",
+            "--device", "cpu", "--threads", "1"]
+
+
 @pytest.mark.parametrize("scale", [0.0, 0.25, 1.0])
 def test_prompt_key_grad_scales_only_the_gradient(scale: float) -> None:
     from recipe_chain.training.trainer import _scale_grad
@@ -375,12 +385,7 @@ def test_prompt_key_grad_scales_only_the_gradient(scale: float) -> None:
 @pytest.mark.integration
 def test_cli_train_init_from_keeps_the_trained_heads(files, tmp_path: Path) -> None:  # noqa: ANN001
     """``--init-from`` starts a new run from a checkpoint, without re-tying its query head."""
-    llm, tokenizer = tiny_causal_lm("llama")
-    model_dir = tmp_path / "tiny-llm"
-    llm.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    common = ["--data", str(files["data"]), "--llm", str(model_dir), "--batch-size", "4", "--eval-examples", "0",
-              "--device", "cpu", "--threads", "1"]
+    common = _cli_args_for_a_saved_tiny_llm(files, tmp_path)
     assert main(["train", *common, "--out", str(tmp_path / "first"), "--steps", "3"]) == 0
     first = _trained_tensors(tmp_path / "first")
     tiny_lr = ["--lr", "1e-12", "--prompt-lr", "1e-12", "--backbone-lr", "1e-12"]
@@ -398,12 +403,7 @@ def test_cli_train_init_from_keeps_the_trained_heads(files, tmp_path: Path) -> N
 @pytest.mark.integration
 def test_cli_train_init_encoder_from_trains_only_a_new_prompt_encoder(files, tmp_path: Path) -> None:  # noqa: ANN001
     """``--init-encoder-from`` + zero retrieval/sentinel weights + ``--prompt-key-grad 0``: the retriever is frozen."""
-    llm, tokenizer = tiny_causal_lm("llama")
-    model_dir = tmp_path / "tiny-llm"
-    llm.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    common = ["--data", str(files["data"]), "--llm", str(model_dir), "--batch-size", "4", "--eval-examples", "0",
-              "--device", "cpu", "--threads", "1"]
+    common = _cli_args_for_a_saved_tiny_llm(files, tmp_path)
     assert main(["train", *common, "--out", str(tmp_path / "first"), "--steps", "3"]) == 0  # the paper's MLP
     first = _trained_tensors(tmp_path / "first")
     argv = ["train", *common, "--out", str(tmp_path / "second"), "--steps", "2",
