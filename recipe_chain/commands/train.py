@@ -100,8 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Detached recent statement keys used as extra negatives (0: off).")
     p.add_argument("--prompt-len", type=int, default=None, help="Continuous prompt vectors per edit.")
     p.add_argument("--prompt-encoder", choices=("vocab", "mlp"), default=None,
-                   help="'vocab' (default): context vectors + slots mixing the LLM's token embeddings; "
-                   "'mlp': the paper's MLP.")
+                   help="'mlp' (default): the paper's MLP; 'vocab': context vectors + slots mixing the LLM's "
+                   "token embeddings.")
     p.add_argument("--prompt-context-len", type=int, default=None, metavar="N",
                    help="Context vectors in front of the token slots ('vocab' encoder).")
     p.add_argument("--prompt-key-grad", type=float, default=None, metavar="S",
@@ -160,11 +160,15 @@ def run_train(args: argparse.Namespace) -> int:
     editor = None
     if args.init_from and args.init_encoder_from:
         raise ValueError("Give --init-from or --init-encoder-from, not both")
-    if args.init_encoder_from:
+    start_from = args.init_from or args.init_encoder_from
+    if start_from:
         from recipe_chain.config import RecipeConfig
         from recipe_chain.editor import RecipeEditor
 
-        editor = RecipeEditor.from_pretrained(args.init_encoder_from, llm=llm)
+        editor = RecipeEditor.from_pretrained(start_from, llm=llm)
+        config = config.model_copy(update={"tie_head_init": False})  # keep its trained query head
+        logger.info("Starting from %s (fingerprint %s)", start_from, editor.fingerprint)
+    if args.init_encoder_from:
         defaults = RecipeConfig.model_fields
         prompt_fields = {  # the options given, else RecipeConfig's defaults (not the checkpoint's)
             "prompt_len": config.prompt_len or defaults["prompt_len"].default,
@@ -172,15 +176,7 @@ def run_train(args: argparse.Namespace) -> int:
             "prompt_context_len": config.prompt_context_len,
         }
         editor.replace_prompt_encoder(llm, seed=config.seed, **prompt_fields)
-        config = config.model_copy(update={"tie_head_init": False})  # keep its trained query head
-        logger.info("Knowledge encoder and sentinel from %s, new prompt encoder %s", args.init_encoder_from,
-                    prompt_fields or "(defaults)")
-    if args.init_from:
-        from recipe_chain.editor import RecipeEditor
-
-        editor = RecipeEditor.from_pretrained(args.init_from, llm=llm)
-        config = config.model_copy(update={"tie_head_init": False})  # keep its trained query head
-        logger.info("Starting from %s (fingerprint %s)", args.init_from, editor.fingerprint)
+        logger.info("New prompt encoder %s on its knowledge encoder and sentinel", prompt_fields)
     start = time.perf_counter()
     result = train(config, llm, tokenizer, editor, out_dir=args.out, resume=not args.no_resume,
                    until_step=args.stop_after)
