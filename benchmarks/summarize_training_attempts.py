@@ -19,8 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent / "results" / "training"
 SHIPPED = ("shipped: paper's MLP prompt encoder, 3 vectors", ROOT / "metrics.jsonl", ROOT / "training_config.json")
 BASELINE = json.loads((ROOT / "training_config.json").read_text())
-KEYS = ("prompt_len", "prompt_encoder", "prompt_context_len", "prompt_key_grad", "rep_dim", "backbone_tuning",
-        "weight_retrieval", "weight_sentinel", "weight_prompt_tokens", "steps", "warmup_steps", "tie_head_init")
+KEYS = ("prompt_len", "prompt_encoder", "prompt_context_len", "prompt_code_dim", "freeze_retriever", "prompt_key_grad",
+        "rep_dim", "backbone_tuning", "weight_retrieval", "weight_sentinel", "weight_prompt_tokens", "steps",
+        "warmup_steps", "tie_head_init")
 
 
 COMMON = (
@@ -50,6 +51,20 @@ NOTES = [
     "--prompt-len 4 --prompt-context-len 2 --weight-retrieval 0 --weight-sentinel 0 --prompt-key-grad 0 "
     "--steps 300 --threads 2 --eval-interval 50 --checkpoint-interval 25 --stop-after 105 --out runs/G` "
     "(the shipped retriever and sentinel, frozen; only a new prompt encoder trains).",
+    f"* H: `{COMMON} --init-encoder-from recipe_chain/checkpoints/smollm2-135m-minilm-l6 --freeze-retriever "
+    "--prompt-encoder vocab --prompt-len 4 --prompt-context-len 2 --prompt-code-dim 256 --steps 850 --threads 2 "
+    "--eval-interval 100 --checkpoint-interval 50 --out runs/H`, stopped by hand after step 240. A separate "
+    "256-d prompt code (queries are zero there) from its own head, on the shipped retriever kept frozen. It was "
+    "made before `prompt_code_from_base` existed, so its code head read the features of the backbone *with* "
+    "the retrieval adapters (today: `prompt_code_from_base=False`); those features barely depend on the new "
+    "target (standardised cosine 0.98 between two statements that differ only in the target, 0.69 without "
+    "the adapters), which is why it learned as slowly as G.",
+    f"* I (the shipped checkpoint's second phase): `{COMMON} --init-encoder-from "
+    "recipe_chain/checkpoints/smollm2-135m-minilm-l6 --freeze-retriever --prompt-encoder vocab --prompt-len 4 "
+    "--prompt-context-len 2 --prompt-code-dim 256 --steps 750 --threads 2 --eval-interval 100 "
+    "--checkpoint-interval 50 --out runs/I`: as H, with the code head reading the backbone without its "
+    "adapters (the default now). Its `--init-encoder-from` checkpoint is the MLP checkpoint shipped before it "
+    "(fingerprint f646894e2775a29c, in the git history), whose run is the first row.",
     "",
     "Runs stopped early where the trend was clear, to keep the session's CPU time for the others; each "
     "100 steps costs 6-10 minutes on the 2-core machine.",

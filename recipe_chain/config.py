@@ -53,6 +53,18 @@ class RecipeConfig(BaseModel):
         "4 = 2 context vectors + 2 token slots beat 3 = 1 + 2).",
     )
     prompt_hidden_dim: int = Field(default=768, gt=0)
+    prompt_code_dim: int = Field(
+        default=0,
+        ge=0,
+        description="Width of a prompt code at the end of each key, from its own head; queries are zero there, "
+        "so retrieval ignores it and the prompt encoder reads only it. 0: the prompt encoder reads the whole "
+        "key (the paper's; every checkpoint written before this field existed).",
+    )
+    prompt_code_from_base: bool = Field(
+        default=True,
+        description="Compute the prompt code from the backbone without its LoRA adapters (retrieval training "
+        "teaches them to ignore the new target). No effect without a prompt code or without adapters.",
+    )
     prompt_encoder: Literal["mlp", "vocab"] = Field(
         default="mlp",
         description="'mlp': the paper's MLP (also what checkpoints written before this field existed use); "
@@ -87,8 +99,18 @@ class RecipeConfig(BaseModel):
                 data = {**data, "prompt_context_len": max(0, min(2, prompt_len - 1))}
         return data
 
+    @property
+    def prompt_input_dim(self) -> int:
+        """Width of what the prompt encoder reads: the prompt code, or the whole key."""
+        return self.prompt_code_dim or self.rep_dim
+
     @model_validator(mode="after")
     def _context_fits(self) -> "RecipeConfig":
+        if self.prompt_code_dim >= self.rep_dim:
+            raise ValueError(
+                f"prompt_code_dim ({self.prompt_code_dim}) must be < rep_dim ({self.rep_dim}): a key needs a "
+                "retrieval part"
+            )
         if self.prompt_encoder == "vocab" and self.prompt_context_len >= self.prompt_len:
             raise ValueError(
                 f"prompt_context_len ({self.prompt_context_len}) must be < prompt_len ({self.prompt_len}): "

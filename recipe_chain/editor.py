@@ -100,6 +100,8 @@ class RecipeEditor(nn.Module):
             head_blocks=config.head_blocks,
             max_length=config.max_length,
             pool_last_token=config.pool_last_token,
+            prompt_code_dim=config.prompt_code_dim,
+            prompt_code_from_base=config.prompt_code_from_base,
         )
         self.sentinel = KnowledgeSentinel.from_text(self.encoder, _SENTINEL_INIT_TEXT, config.sentinel_len)
         self.prompt_encoder = PromptEncoder.from_config(config)
@@ -248,23 +250,32 @@ class RecipeEditor(nn.Module):
             seed: Seed of the new weights (``None``: the global RNG).
             **fields: Prompt-encoder fields of :class:`RecipeConfig` to change
                 (``prompt_len``, ``prompt_encoder``, ``prompt_context_len``,
-                ``prompt_hidden_dim``, ``prompt_input_norm``).
+                ``prompt_hidden_dim``, ``prompt_input_norm``, ``prompt_code_dim``). A
+                ``prompt_code_dim`` gives the keys a new, untrained prompt-code head
+                (``rep_dim`` = the retrieval part + the code); the retrieval part of every
+                key stays exactly as it was.
 
         Raises:
             ValueError: For a field that is not a prompt-encoder field.
         """
-        allowed = {"prompt_len", "prompt_encoder", "prompt_context_len", "prompt_hidden_dim", "prompt_input_norm"}
+        allowed = {"prompt_len", "prompt_encoder", "prompt_context_len", "prompt_hidden_dim", "prompt_input_norm",
+                   "prompt_code_dim", "prompt_code_from_base"}
         unknown = sorted(set(fields) - allowed)
         if unknown:
             raise ValueError(f"replace_prompt_encoder changes only {sorted(allowed)}; got {unknown}")
         values = self.config.model_dump() | fields
         if "prompt_len" in fields and "prompt_context_len" not in fields:
             values["prompt_context_len"] = None  # the default for the new length
+        if "prompt_code_dim" in fields:  # the retrieval part stays; the key grows or shrinks by the code
+            values["rep_dim"] = self.config.rep_dim - self.config.prompt_code_dim + int(fields["prompt_code_dim"])  # type: ignore[call-overload]
         config = RecipeConfig.model_validate(values)
         emb = llm.get_input_embeddings()
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
+            if config.prompt_code_dim != self.config.prompt_code_dim or "prompt_code_dim" in fields:
+                self.encoder.set_prompt_code(config.prompt_code_dim)
+            self.encoder.prompt_code_from_base = config.prompt_code_from_base
             encoder = PromptEncoder.from_config(config)
             encoder.init_context_from_vocabulary(emb)
         self.config = config
@@ -390,7 +401,7 @@ class RecipeEditor(nn.Module):
 
     @torch.no_grad()
     def prompt_vectors(self, keys: torch.Tensor) -> torch.Tensor:
-        """``(N, rep_dim) -> (N, prompt_len, llm_hidden_size)`` continuous prompt vectors."""
+        """``(N, rep_dim) -> (N, prompt_len, llm_hidden_size)`` continuous prompt vectors (of stored keys)."""
         if keys.dim() != 2 or keys.shape[-1] != self.config.rep_dim:
             raise ValueError(f"keys must have shape (N, {self.config.rep_dim}); got {tuple(keys.shape)}")
         return self.prompt_encoder(keys.to(self.device, torch.float32))
@@ -448,6 +459,8 @@ def _hash_tensors(tensors: dict[str, torch.Tensor], config: RecipeConfig) -> str
         exclude |= {"prompt_input_norm", "pool_last_token"}
     if config.prompt_encoder == "mlp":
         exclude |= {"prompt_encoder", "prompt_context_len"}
+    if config.prompt_code_dim == 0:
+        exclude |= {"prompt_code_dim", "prompt_code_from_base"}
     digest = hashlib.sha256(config.model_dump_json(exclude=exclude or None).encode())
     for name in sorted(tensors):
         digest.update(name.encode())

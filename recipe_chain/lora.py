@@ -7,12 +7,14 @@ few hundred kB for the backbone instead of the whole model.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LoRALinear", "apply_lora", "lora_state_dict"]
+__all__ = ["LoRALinear", "apply_lora", "lora_state_dict", "adapters_disabled"]
 
 
 class LoRALinear(nn.Module):
@@ -33,6 +35,7 @@ class LoRALinear(nn.Module):
 
         self._merged: torch.Tensor | None = None
         self._merged_for: tuple[int, ...] | None = None
+        self.enabled = True  # False: the base layer alone (see adapters_disabled)
 
     def merged_weight(self) -> torch.Tensor:
         """``W + (alpha / r) * B @ A``: ``(out, in)``, cached until a weight changes."""
@@ -53,6 +56,8 @@ class LoRALinear(nn.Module):
         return self._merged
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
+        if not self.enabled:
+            return self.base(x)  # (..., out)
         if not self.training and not torch.is_grad_enabled():
             # Inference: one matmul with the merged weight instead of three.
             return F.linear(x, self.merged_weight(), self.base.bias)  # (..., out)
@@ -81,3 +86,22 @@ def lora_state_dict(module: nn.Module, prefix: str = "") -> dict[str, torch.Tens
         for name, param in module.named_parameters()
         if name.endswith("lora_a") or name.endswith("lora_b")
     }
+
+
+@contextmanager
+def adapters_disabled(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` as its base model: every LoRALinear inside it skips its adapter.
+
+    Example:
+        >>> with adapters_disabled(backbone):  # doctest: +SKIP
+        ...     base_states = backbone(**batch).last_hidden_state
+    """
+    layers = [m for m in module.modules() if isinstance(m, LoRALinear)]
+    before = [layer.enabled for layer in layers]
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield
+    finally:
+        for layer, state in zip(layers, before):
+            layer.enabled = state

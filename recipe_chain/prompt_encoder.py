@@ -54,6 +54,9 @@ class RunningStandardizer(nn.Module):
 class PromptEncoder(nn.Module):
     """Maps keys ``(N, rep_dim)`` to prompt vectors ``(N, prompt_len, llm_hidden_size)``.
 
+    With ``code_dim > 0`` it reads only the last ``code_dim`` entries of each key (the
+    prompt code, see :class:`~recipe_chain.encoder.KnowledgeEncoder`).
+
     The vectors live in the LLM's input-embedding space (the output space of
     ``llm.get_input_embeddings()``, which already includes any scaling an architecture
     such as Gemma applies).
@@ -85,6 +88,7 @@ class PromptEncoder(nn.Module):
             (checkpoints written before the running statistics existed).
         mode: ``"mlp"`` or ``"vocab"`` (above).
         context_len: Context vectors in ``"vocab"`` mode (``< prompt_len``).
+        code_dim: Read only the last ``code_dim`` key entries (0: the whole key).
     """
 
     def __init__(
@@ -97,8 +101,13 @@ class PromptEncoder(nn.Module):
         input_norm: Literal["running", "layer"] = "running",
         mode: Literal["mlp", "vocab"] = "mlp",
         context_len: int = 1,
+        code_dim: int = 0,
     ) -> None:
         super().__init__()
+        if not 0 <= code_dim <= rep_dim:
+            raise ValueError(f"code_dim must be in [0, rep_dim={rep_dim}]; got {code_dim}")
+        self.code_dim = code_dim
+        rep_dim = code_dim or rep_dim  # the width actually read
         if mode == "vocab" and not 0 <= context_len < prompt_len:
             raise ValueError(f"context_len must be in [0, prompt_len={prompt_len}); got {context_len}")
         self.prompt_len = prompt_len
@@ -175,6 +184,7 @@ class PromptEncoder(nn.Module):
             input_norm=config.prompt_input_norm,
             mode=config.prompt_encoder,
             context_len=config.prompt_context_len,
+            code_dim=config.prompt_code_dim,
         )
 
     # ------------------------------------------------------------------ forward
@@ -185,7 +195,7 @@ class PromptEncoder(nn.Module):
         """Prompt vectors and, in ``"vocab"`` mode, each token slot's vocabulary logits.
 
         Args:
-            keys: ``(N, rep_dim)``.
+            keys: ``(N, rep_dim)`` (only the last ``code_dim`` entries are read when ``code_dim > 0``).
 
         Returns:
             ``(vectors (N, P, D), logits (N, S, V) or None)`` with ``S = prompt_len - context_len``.
@@ -194,7 +204,9 @@ class PromptEncoder(nn.Module):
             RuntimeError: In ``"vocab"`` mode before :meth:`attach_vocabulary`.
         """
         lead = keys.shape[:-1]
-        x = self.net[0](keys)  # (..., R) standardised
+        if self.code_dim:
+            keys = keys[..., -self.code_dim :]  # (..., C) the prompt code
+        x = self.net[0](keys)  # (..., R or C) standardised
         correction = self.net[1:](x).view(*lead, self.prompt_len, self.llm_hidden_size)  # (..., P, D)
         if self.mode == "mlp":
             return correction, None

@@ -39,4 +39,4 @@ class KnowledgeSentinel(nn.Module):
     def forward(self, encoder: KnowledgeEncoder) -> torch.Tensor:
         """``(rep_dim,)``: the sentinel representation, encoded like a statement."""
         feats = encoder.features_from_embeds(self.token_embeddings.unsqueeze(0))  # (1, 4H)
-        return encoder.knowledge_head(feats)[0]
+        return encoder.keys_from_features(feats)[0]  # its prompt code never meets a query's

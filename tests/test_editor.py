@@ -291,6 +291,8 @@ def test_vocab_prompt_encoder_needs_its_llm(llm, backbone, tmp_path) -> None:
 
 def test_vocab_token_slot_reproduces_the_chosen_token_embedding() -> None:
     emb = torch.nn.Embedding(10, 4)
+    with torch.no_grad():  # unit rows, seeded: a row's dot product is largest with itself
+        emb.weight.copy_(torch.nn.functional.normalize(torch.randn(10, 4, generator=torch.Generator().manual_seed(0))))
     enc = PromptEncoder(rep_dim=6, llm_hidden_size=4, prompt_len=3, hidden_dim=8, init_std=0.02, mode="vocab",
                         context_len=1)
     enc.attach_vocabulary(emb)
@@ -314,6 +316,8 @@ def test_vocab_slots_follow_a_scaled_embedding() -> None:
             return super().forward(ids) * 3.0
 
     emb = Scaled(10, 4)
+    with torch.no_grad():  # unit rows, seeded: a row's dot product is largest with itself
+        emb.weight.copy_(torch.nn.functional.normalize(torch.randn(10, 4, generator=torch.Generator().manual_seed(0))))
     enc = PromptEncoder(rep_dim=6, llm_hidden_size=4, prompt_len=2, hidden_dim=8, init_std=0.02, mode="vocab",
                         context_len=0)
     enc.attach_vocabulary(emb)
@@ -365,3 +369,73 @@ def test_replace_prompt_encoder_keeps_the_retriever(llm, backbone) -> None:
     assert editor.fingerprint != before
     with pytest.raises(ValueError, match="rep_dim"):
         editor.replace_prompt_encoder(llm, rep_dim=8)
+
+
+def test_prompt_code_is_invisible_to_retrieval_and_all_the_prompt_encoder_reads(llm, backbone) -> None:
+    editor = make_editor(llm, backbone, prompt_code_dim=6)
+    keys = editor.encode_statements(["The capital of France is Rome", "a b c"])
+    queries = editor.encode_queries(["What is the capital of France?"])
+    assert keys.shape == (2, 16) and queries.shape == (1, 16)
+    assert torch.equal(queries[:, -6:], torch.zeros(1, 6))  # queries are zero on the code
+    # the code is LayerNorm'd: every key carries it at the same norm
+    torch.testing.assert_close(keys[:, -6:].norm(dim=-1), torch.full((2,), math.sqrt(6)), rtol=1e-3, atol=1e-3)
+    scrambled = keys.clone()
+    scrambled[:, -6:] = torch.randn(2, 6)
+    # retrieval (and the sentinel gate) read only the first 10 entries ...
+    torch.testing.assert_close(editor.similarity(queries, scrambled), editor.similarity(queries, keys))
+    assert editor.sentinel_key().shape == (16,)
+    # ... and the prompt encoder only the last 6
+    moved = keys.clone()
+    moved[:, :10] += 5.0
+    torch.testing.assert_close(editor.prompt_vectors(moved), editor.prompt_vectors(keys))
+    assert not torch.allclose(editor.prompt_vectors(scrambled), editor.prompt_vectors(keys))
+
+
+def test_prompt_code_must_leave_a_retrieval_part() -> None:
+    with pytest.raises(ValueError, match="prompt_code_dim"):
+        RecipeConfig(backbone_id="b", backbone_hidden_size=8, llm_id="l", llm_hidden_size=8, rep_dim=16,
+                     prompt_code_dim=16)
+
+
+def test_replace_prompt_encoder_adds_a_prompt_code_that_round_trips(llm, backbone, tmp_path) -> None:
+    editor = make_editor(llm, backbone)
+    keys = editor.encode_statements(["a fact", "another fact"])
+    queries = editor.encode_queries(["a question"])
+    editor.replace_prompt_encoder(llm, prompt_encoder="vocab", prompt_len=4, prompt_code_dim=8)
+    assert (editor.config.rep_dim, editor.config.prompt_code_dim) == (24, 8)
+    new_keys = editor.encode_statements(["a fact", "another fact"])
+    # the retrieval part of every key, every query and their similarities stay exactly as they were
+    torch.testing.assert_close(new_keys[:, :16], keys, rtol=0, atol=0)
+    torch.testing.assert_close(editor.encode_queries(["a question"])[:, :16], queries, rtol=0, atol=0)
+    torch.testing.assert_close(editor.similarity(editor.encode_queries(["a question"]), new_keys),
+                               RecipeEditor.similarity(queries, keys) * math.sqrt(16 / 24))
+    editor.save_pretrained(tmp_path / "ckpt")
+    loaded = RecipeEditor.from_pretrained(tmp_path / "ckpt", llm=llm, backbone=type(editor.encoder.backbone)
+                                          .from_pretrained(backbone[2]), tokenizer=backbone[1])
+    assert loaded.fingerprint == editor.fingerprint
+    torch.testing.assert_close(loaded.encode_statements(["a fact", "another fact"]), new_keys, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.prompt_vectors(new_keys), editor.prompt_vectors(new_keys), rtol=0, atol=0)
+
+
+def test_the_packaged_checkpoint_still_has_the_fingerprint_it_was_written_with() -> None:
+    """Config fields added since it was written must not change its fingerprint (stores record it)."""
+    from recipe_chain.defaults import default_checkpoint_path
+
+    path = default_checkpoint_path()
+    written = json.loads((path / "config.json").read_text())["fingerprint"]
+    assert RecipeEditor.from_pretrained(path).fingerprint == written
+
+
+def test_prompt_code_reads_the_backbone_without_its_adapters(llm, backbone) -> None:
+    editor = make_editor(llm, backbone, prompt_code_dim=6, backbone_tuning="lora")
+    texts = ["The capital of France is Rome", "a b c"]
+    keys = editor.encode_statements(texts)
+    with torch.no_grad():
+        for name, param in editor.encoder.backbone.named_parameters():
+            if name.endswith("lora_b"):
+                param.normal_(std=0.5)  # as retrieval training would move the adapters
+    moved = editor.encode_statements(texts)
+    torch.testing.assert_close(moved[:, -6:], keys[:, -6:], rtol=0, atol=1e-5)  # the code did not move
+    assert not torch.allclose(moved[:, :-6], keys[:, :-6], atol=1e-3)  # the retrieval part did
+    editor.replace_prompt_encoder(llm, prompt_code_dim=6, prompt_code_from_base=False)
+    assert not editor.encoder.code_reads_base_features

@@ -418,3 +418,34 @@ def test_cli_train_init_encoder_from_trains_only_a_new_prompt_encoder(files, tmp
     assert "prompt_encoder.token_query.weight" in second and "prompt_encoder.token_query.weight" not in first
     config = json.loads((tmp_path / "second" / "checkpoint" / "config.json").read_text())
     assert (config["prompt_encoder"], config["prompt_len"]) == ("vocab", 4)
+
+
+@pytest.mark.integration
+def test_cli_train_freeze_retriever_adds_a_prompt_code_and_keeps_every_retriever_tensor(files, tmp_path: Path) -> None:  # noqa: ANN001,E501
+    """``--freeze-retriever`` with the default loss weights: only the prompt code and the prompt encoder train."""
+    common = _cli_args_for_a_saved_tiny_llm(files, tmp_path)
+    first_args = ["train", *common, "--out", str(tmp_path / "first"), "--steps", "3", "--backbone-tuning", "lora"]
+    assert main(first_args) == 0
+    first = _trained_tensors(tmp_path / "first")
+    options = ["--steps", "3", "--init-encoder-from", str(tmp_path / "first" / "checkpoint"), "--freeze-retriever",
+               "--prompt-encoder", "vocab", "--prompt-len", "4", "--prompt-code-dim", "8"]
+    assert main(["train", *common, *options, "--out", str(tmp_path / "second")]) == 0
+    second = _trained_tensors(tmp_path / "second")
+    assert any(".lora_a" in name for name in first)
+    for name in first:
+        if not name.startswith("prompt_encoder."):
+            torch.testing.assert_close(second[name], first[name], rtol=0, atol=0)
+    code = sorted(name for name in second if name.startswith("encoder.prompt_code_head."))
+    assert code and not any(name in first for name in code)
+    old = RecipeEditor.from_pretrained(tmp_path / "first" / "checkpoint")
+    new = RecipeEditor.from_pretrained(tmp_path / "second" / "checkpoint")
+    assert new.config.rep_dim == old.config.rep_dim + 8 and new.config.prompt_code_dim == 8
+    texts = ["The mother tongue of Danielle Darrieux is English"]
+    torch.testing.assert_close(new.encode_statements(texts)[:, :-8], old.encode_statements(texts), rtol=0, atol=0)
+    # the code head did train: a second run with a near-zero learning rate ends elsewhere
+    frozen_lr = ["--lr", "1e-12", "--prompt-lr", "1e-12"]
+    assert main(["train", *common, *options, *frozen_lr, "--out", str(tmp_path / "third")]) == 0
+    third = _trained_tensors(tmp_path / "third")
+    assert any(not torch.allclose(second[name], third[name]) for name in code)
+    saved = json.loads((tmp_path / "second" / "training_config.json").read_text())
+    assert saved["freeze_retriever"] is True

@@ -38,7 +38,9 @@ _FIELDS = (
     "prompt_len",
     "prompt_encoder",
     "prompt_context_len",
+    "prompt_code_dim",
     "prompt_key_grad",
+    "freeze_retriever",
     "rep_dim",
     "backbone_tuning",
     "seed",
@@ -104,6 +106,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "token embeddings.")
     p.add_argument("--prompt-context-len", type=int, default=None, metavar="N",
                    help="Context vectors in front of the token slots ('vocab' encoder).")
+    p.add_argument("--prompt-code-dim", type=int, default=None, metavar="N",
+                   help="Give each key a prompt code of this width from its own head: retrieval ignores it and "
+                   "the prompt encoder reads only it (default 0: the prompt encoder reads the whole key).")
+    p.add_argument("--freeze-retriever", action="store_true", default=None,
+                   help="Train only the prompt encoder and the prompt-code head; the backbone, heads and sentinel "
+                   "stay as given (use with --init-encoder-from).")
     p.add_argument("--prompt-key-grad", type=float, default=None, metavar="S",
                    help="Scale of the LLM-side losses' gradient into the keys (0: detached; default 1).")
     p.add_argument("--rep-dim", type=int, default=None, help="Width of keys, queries and the sentinel.")
@@ -174,6 +182,7 @@ def run_train(args: argparse.Namespace) -> int:
             "prompt_len": config.prompt_len or defaults["prompt_len"].default,
             "prompt_encoder": config.prompt_encoder or defaults["prompt_encoder"].default,
             "prompt_context_len": config.prompt_context_len,
+            "prompt_code_dim": config.prompt_code_dim or 0,
         }
         editor.replace_prompt_encoder(llm, seed=config.seed, **prompt_fields)
         logger.info("New prompt encoder %s on its knowledge encoder and sentinel", prompt_fields)

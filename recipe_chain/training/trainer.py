@@ -75,9 +75,9 @@ __all__ = ["TrainingConfig", "TrainResult", "train", "LOSS_NAMES"]
 
 logger = logging.getLogger(__name__)
 
-_ARCH_FIELDS = ("prompt_len", "prompt_encoder", "prompt_context_len", "rep_dim", "backbone_tuning")
+_ARCH_FIELDS = ("prompt_len", "prompt_encoder", "prompt_context_len", "prompt_code_dim", "rep_dim", "backbone_tuning")
 LOSS_NAMES: tuple[str, ...] = ("reliability", "generality", "locality", "retrieval", "sentinel", "prompt_tokens")
-"""The five weighted RECIPE losses, in the order they are logged."""
+"""The weighted losses, in the order they are logged (the five of RECIPE, then the prompt-token loss)."""
 
 STATE_FILE = "trainer_state.pt"
 CACHE_FILE = "locality_cache.pt"
@@ -191,6 +191,12 @@ class TrainingConfig(BaseModel):
         description="Retrieval/sentinel rows whose correct-class probability exceeds this stop contributing.",
     )
     margin: float = Field(default=1.0, ge=0, description="Additive margin (similarity units) on the correct class.")
+    freeze_retriever: bool = Field(
+        default=False,
+        description="Keep the backbone, the knowledge and query heads and the sentinel exactly as given (no "
+        "retrieval or sentinel loss); train only the prompt encoder and the prompt-code head. For a new prompt "
+        "encoder on a trained retriever (`recipe-chain train --init-encoder-from ... --freeze-retriever`).",
+    )
     tie_head_init: bool = Field(
         default=True,
         description="A new run starts the query head as a copy of the knowledge head (turn it off to continue "
@@ -207,6 +213,7 @@ class TrainingConfig(BaseModel):
     prompt_len: int | None = Field(default=None, ge=1)
     prompt_encoder: Literal["mlp", "vocab"] | None = None
     prompt_context_len: int | None = Field(default=None, ge=0)
+    prompt_code_dim: int | None = Field(default=None, ge=0)
     rep_dim: int | None = Field(default=None, ge=1)
     backbone_tuning: Literal["frozen", "lora", "full"] | None = None
     editor_options: dict[str, Any] = Field(
@@ -470,6 +477,13 @@ def _build_editor(config: TrainingConfig, llm: PreTrainedModel, editor: RecipeEd
     return editor
 
 
+def _train_mode(editor: RecipeEditor, config: TrainingConfig) -> None:
+    """Training mode, except a frozen retriever's backbone (no dropout: the features a store will see)."""
+    editor.train()
+    if config.freeze_retriever:
+        editor.encoder.backbone.eval()
+
+
 def _lr_lambda(config: TrainingConfig):  # noqa: ANN202
     warm, total, floor = config.warmup_steps, config.steps, config.min_lr_ratio
 
@@ -511,11 +525,13 @@ def _pad_teachers(teachers: list, width: int, k: int, device: torch.device) -> t
     return idx.to(device), logp.to(device)
 
 
-def _backbone_features(enc, texts: list[str], chunk: int) -> torch.Tensor:  # noqa: ANN001
+def _backbone_features(enc, texts: list[str], chunk: int, adapters: bool = True) -> torch.Tensor:  # noqa: ANN001
     """``(N, 4H)`` pooled backbone features, run over length-sorted chunks (less padding)."""
     lengths = [len(ids) for ids in enc.tokenizer(texts)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
-    parts = [enc.features(enc.tokenize([texts[i] for i in order[s : s + chunk]])) for s in range(0, len(texts), chunk)]
+    with torch.set_grad_enabled(torch.is_grad_enabled() and adapters):
+        parts = [enc.features(enc.tokenize([texts[i] for i in order[s : s + chunk]]), adapters=adapters)
+                 for s in range(0, len(texts), chunk)]
     inverse = torch.empty(len(texts), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(texts))
     return torch.cat(parts)[inverse.to(parts[0].device)]
@@ -581,22 +597,27 @@ def _train_step(run: _Run, step: int) -> dict[str, float]:
     loc_pick = [pick(len(batch[i].locality)) for i in loc_rows]
     loc_items = [batch[i].locality[j] for i, j in zip(loc_rows, loc_pick)]
     loc_groups = [batch[i].locality_groups[j] for i, j in zip(loc_rows, loc_pick)]
-    n_extra = min(cfg.extra_locality_per_batch, len(data.extra_queries)) if cfg.weight_sentinel else 0
+    train_retrieval = not cfg.freeze_retriever and bool(cfg.weight_retrieval or cfg.weight_sentinel)
+    n_extra = min(cfg.extra_locality_per_batch, len(data.extra_queries)) if train_retrieval else 0
     extras = [data.extra_queries[pick(len(data.extra_queries))] for _ in range(n_extra)]
     paraphrases = [ex.paraphrases[j] if j >= 0 else ex.prompt for ex, j in zip(batch, para_idx)]
 
     # --- knowledge encoder: one backbone pass for statements and all queries
     texts = [ex.statement for ex in batch] + [ex.prompt for ex in batch] + paraphrases
     texts += [p for p, _ in loc_items] + extras
-    feats = _backbone_features(enc, texts, 2 * cfg.batch_size)  # (N, 4H)
-    keys = enc.knowledge_head(feats[:b])  # (B, d)
-    queries = enc.query_head(feats[b:])  # (2B + B_l + E, d)
+    with torch.set_grad_enabled(not cfg.freeze_retriever):
+        feats = _backbone_features(enc, texts, 2 * cfg.batch_size)  # (N, 4H)
+    code_feats = None
+    if enc.code_reads_base_features:  # the prompt code reads the backbone without its adapters
+        code_feats = _backbone_features(enc, texts[:b], 2 * cfg.batch_size, adapters=False)  # (B, 4H)
+    keys = enc.keys_from_features(feats[:b], code_feats)  # (B, d)
+    queries = enc.queries_from_features(feats[b:])  # (2B + B_l + E, d)
     q_edit = queries[: 2 * b]  # (2B, d): prompts then paraphrases
     q_loc = queries[2 * b :]  # (B_l + E, d)
     losses: dict[str, torch.Tensor] = {}
     zero = keys.sum() * 0.0
 
-    if cfg.weight_retrieval or cfg.weight_sentinel:
+    if train_retrieval:
         kappa = editor.sentinel(enc)  # (d,)
         groups = torch.tensor([ex.group for ex in batch], device=device)  # (B,)
         q_keys, q_groups = run.queue.view()
@@ -934,6 +955,11 @@ def _train(
     llm.eval()
     llm.to(device)
     editor = _build_editor(config, llm, editor).to(device)
+    if config.freeze_retriever:
+        editor.encoder.requires_grad_(False)
+        editor.sentinel.requires_grad_(False)
+        if editor.encoder.prompt_code_head is not None:
+            editor.encoder.prompt_code_head.requires_grad_(True)
     lm = PrefixedCausalLM(llm, tokenizer)
     data = _prepare(config, editor, lm)
     optimizer = _optimizer(config, editor)
@@ -960,7 +986,7 @@ def _train(
         _restore(run, torch.load(state_path, map_location=device, weights_only=True))
         resumed_from = run.step
         logger.info("Resuming %s from step %d", out, run.step)
-    elif config.tie_head_init:
+    elif config.tie_head_init and not config.freeze_retriever:
         # Start the query head as a copy of the knowledge head: q(x)·k(s) then begins as a
         # similarity of the backbone's own features, so an edit prompt (a prefix of its
         # statement) is close to its statement from step 0 instead of from scratch.
@@ -968,7 +994,7 @@ def _train(
     _truncate_metrics(out / METRICS_FILE, run.step)
     (out / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
 
-    editor.train()
+    _train_mode(editor, config)
     start_step, session_start = run.step, time.perf_counter()
     recent: list[dict[str, float]] = []
     bar = tqdm(total=config.steps, initial=run.step, desc="recipe train", dynamic_ncols=True, unit="step")
@@ -994,7 +1020,7 @@ def _train(
                 evaluate_now = config.eval_interval and run.step % config.eval_interval == 0
                 if evaluate_now or (run.step == config.steps and config.eval_examples):
                     run.last_eval = _sanity_eval(run)
-                    editor.train()
+                    _train_mode(editor, config)
                     if run.last_eval:
                         log.write(json.dumps({"kind": "eval", "step": run.step, **run.last_eval}) + "\n")
                         log.flush()

@@ -1,0 +1,151 @@
+"""The compiled BERT forward equals Hugging Face's, and the encoder uses it only where it may."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from recipe_chain import compiled_backbone
+from recipe_chain.compiled_backbone import CompiledBertBackbone, supports
+from recipe_chain.encoder import KnowledgeEncoder
+from recipe_chain.lora import apply_lora
+from tiny_models import tiny_backbone
+
+TEXTS = [
+    "The mother tongue of Danielle Darrieux is English",
+    "a",
+    "Where is the Eiffel Tower? It is in the centre of Paris, on the left bank of the Seine",
+    "Who wrote Hamlet?",
+]
+
+
+@pytest.fixture
+def bert(tmp_path):
+    model, tokenizer, _ = tiny_backbone(tmp_path / "bert")
+    return model, tokenizer
+
+
+def _with_trained_lora(model: BertModel) -> BertModel:
+    apply_lora(model, ("query", "key", "value", "dense"), rank=4, alpha=8.0)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        for name, param in model.named_parameters():
+            if name.endswith("lora_b"):
+                param.normal_(std=0.1)  # a LoRA that changes the outputs
+    return model.eval()
+
+
+@pytest.mark.parametrize("texts", [TEXTS[:1], TEXTS[1:2], TEXTS], ids=["one", "one-token", "padded-batch"])
+def test_compiled_forward_equals_hugging_face(bert, texts) -> None:
+    model, tokenizer = bert
+    model = _with_trained_lora(model)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    compiled = CompiledBertBackbone(model)
+    with torch.no_grad():
+        expected = model(**batch).last_hidden_state  # (B, T, H)
+    got = compiled(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    real = batch["attention_mask"].bool()
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got[real], expected[real], rtol=1e-4, atol=1e-5)  # padding rows are never read
+
+
+def test_compiled_forward_is_a_snapshot(bert) -> None:
+    model, tokenizer = bert
+    batch = tokenizer(TEXTS[:1], return_tensors="pt")
+    compiled = CompiledBertBackbone(model)
+    before = compiled(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        model.encoder.layer[0].intermediate.dense.weight.mul_(2.0)
+    torch.testing.assert_close(compiled(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]), before)
+
+
+def _encoder(model, tokenizer) -> KnowledgeEncoder:
+    return KnowledgeEncoder(model, tokenizer, rep_dim=16, head_hidden_dim=16, head_blocks=1, max_length=64).eval()
+
+
+def _hf_features(encoder: KnowledgeEncoder, texts: list[str]) -> torch.Tensor:
+    encoder.compiled_inference = False
+    try:
+        with torch.no_grad():
+            return encoder.features(encoder.tokenize(texts))
+    finally:
+        encoder.compiled_inference = True
+
+
+def test_encoder_uses_the_compiled_forward_only_for_inference(bert, monkeypatch) -> None:
+    model, tokenizer = bert
+    encoder = _encoder(_with_trained_lora(model), tokenizer)
+    calls: list[int] = []
+    original = CompiledBertBackbone.__call__
+    monkeypatch.setattr(CompiledBertBackbone, "__call__", lambda self, *a: calls.append(1) or original(self, *a))
+    with torch.no_grad():
+        got = encoder.features(encoder.tokenize(TEXTS))
+    assert calls == [1]
+    torch.testing.assert_close(got, _hf_features(encoder, TEXTS), rtol=1e-4, atol=1e-5)
+    encoder.features(encoder.tokenize(TEXTS))  # gradients on: the Hugging Face forward
+    encoder.train()
+    with torch.no_grad():
+        encoder.features(encoder.tokenize(TEXTS))  # training mode (dropout): the Hugging Face forward
+    assert calls == [1]
+
+
+def test_encoder_recompiles_after_a_weight_changes(bert) -> None:
+    model, tokenizer = bert
+    encoder = _encoder(_with_trained_lora(model), tokenizer)
+    with torch.no_grad():
+        before = encoder.features(encoder.tokenize(TEXTS))
+        first = encoder._compiled[True][1]
+        lora_b = next(p for n, p in encoder.backbone.named_parameters() if n.endswith("lora_b"))
+        lora_b.add_(0.5)  # as an optimizer step would
+        after = encoder.features(encoder.tokenize(TEXTS))
+    assert encoder._compiled[True][1] is not first
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, _hf_features(encoder, TEXTS), rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_backbones_run_the_hugging_face_forward(tmp_path, bert) -> None:
+    _, tokenizer = bert
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                     intermediate_size=64, hidden_act="relu")
+    relu = BertModel(cfg).eval()
+    assert not supports(relu)
+    with pytest.raises(ValueError, match="BertModel only"):
+        CompiledBertBackbone(relu)
+    encoder = _encoder(relu, tokenizer)
+    with torch.no_grad():
+        encoder.features(encoder.tokenize(TEXTS))
+    assert not encoder._compiled
+
+
+def test_a_failed_compile_falls_back_with_a_warning(bert, monkeypatch, caplog) -> None:
+    model, tokenizer = bert
+    encoder = _encoder(model, tokenizer)
+
+    def broken(self, backbone):  # noqa: ANN001
+        raise RuntimeError("no TorchScript here")
+
+    monkeypatch.setattr(compiled_backbone.CompiledBertBackbone, "__init__", broken)
+    with caplog.at_level(logging.WARNING, logger="recipe_chain.encoder"), torch.no_grad():
+        got = encoder.features(encoder.tokenize(TEXTS))
+    assert "Compiling the backbone failed" in caplog.text
+    torch.testing.assert_close(got, _hf_features(encoder, TEXTS), rtol=0, atol=0)
+
+
+def test_compiled_forward_without_adapters_equals_the_base_model(bert) -> None:
+    from recipe_chain.lora import adapters_disabled
+
+    model, tokenizer = bert
+    model = _with_trained_lora(model)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad(), adapters_disabled(model):
+        expected = model(**batch).last_hidden_state  # (B, T, H)
+    with torch.no_grad():
+        adapted = model(**batch).last_hidden_state
+    got = CompiledBertBackbone(model, adapters=False)(batch["input_ids"], batch["token_type_ids"],
+                                                      batch["attention_mask"])
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[real], expected[real], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(adapted[real], expected[real], atol=1e-3)  # the adapters do matter here
