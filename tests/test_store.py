@@ -395,6 +395,30 @@ def test_prompt_vectors_are_derived_from_the_stored_key(make_store: StoreFactory
         store.prompt_vectors("missing")
 
 
+def test_keys_with_a_prompt_code_gate_on_their_retrieval_part_and_reopen_the_same(
+    make_store: StoreFactory, llm, backbone_dir: Path  # noqa: ANN001
+) -> None:
+    """An editor whose keys end in a prompt code (queries are zero there): the store needs nothing special."""
+    editor = tiny_editor(llm, backbone_dir, seed=2, rep_dim=24, prompt_code_dim=8, prompt_encoder="vocab",
+                         prompt_len=3)
+    store = make_store(editor, namespace="code", candidate_k=8)
+    records = add_facts(store)
+    keys = {r.edit_id: editor.encode_statements([r.statement])[0] for r in records}
+    for r in records:
+        torch.testing.assert_close(store.stored_key(r.edit_id), keys[r.edit_id])  # all 24 entries, code included
+    for text in QUERIES:
+        result = store.gate(text)
+        q = editor.encode_queries([text])  # (1, 24), zero on the code
+        expected = {i: float(scaled_dot(q[:, :16], k[None, :16])[0, 0]) * math.sqrt(16 / 24) for i, k in keys.items()}
+        got = {c.record.edit_id: c.similarity for c in result.candidates}
+        assert all(got[i] == pytest.approx(expected[i], rel=1e-5, abs=1e-6) for i in got)
+        if result.fired:
+            torch.testing.assert_close(result.prompt_vectors, editor.prompt_vectors(keys[result.hit.edit_id][None])[0])
+    reopened = make_store(editor, namespace="code", candidate_k=8)
+    for r in records:
+        assert torch.equal(reopened.prompt_vectors(r.edit_id), store.prompt_vectors(r.edit_id))
+
+
 def test_gate_computes_prompt_vectors_only_when_asked(
     make_store: StoreFactory, editor: RecipeEditor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
