@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent / "results" / "training"
-SHIPPED = ("shipped: paper's MLP prompt encoder, 3 vectors", ROOT / "metrics.jsonl", ROOT / "training_config.json")
+SHIPPED = ("shipped phase 1 (paper's MLP prompt encoder, 3 vectors; shipped alone before I)", ROOT / "metrics.jsonl", ROOT / "training_config.json")
 BASELINE = json.loads((ROOT / "training_config.json").read_text())
 KEYS = ("prompt_len", "prompt_encoder", "prompt_context_len", "prompt_code_dim", "freeze_retriever", "prompt_key_grad",
         "rep_dim", "backbone_tuning", "weight_retrieval", "weight_sentinel", "weight_prompt_tokens", "steps",
@@ -61,10 +61,12 @@ NOTES = [
     "the adapters), which is why it learned as slowly as G.",
     f"* I (the shipped checkpoint's second phase): `{COMMON} --init-encoder-from "
     "recipe_chain/checkpoints/smollm2-135m-minilm-l6 --freeze-retriever --prompt-encoder vocab --prompt-len 4 "
-    "--prompt-context-len 2 --prompt-code-dim 256 --steps 750 --threads 2 --eval-interval 100 "
+    "--prompt-context-len 2 --prompt-code-dim 256 --steps 750 --stop-after 700 --threads 2 --eval-interval 100 "
     "--checkpoint-interval 50 --out runs/I`: as H, with the code head reading the backbone without its "
     "adapters (the default now). Its `--init-encoder-from` checkpoint is the MLP checkpoint shipped before it "
-    "(fingerprint f646894e2775a29c, in the git history), whose run is the first row.",
+    "(fingerprint f646894e2775a29c, in the git history), whose run is the first row. The run was stopped by "
+    "hand after its step-700 checkpoint (`--stop-after 700` reproduces that), to keep both phases within the "
+    "90-minute training budget; its first ~120 steps shared the machine with test runs.",
     "",
     "Runs stopped early where the trend was clear, to keep the session's CPU time for the others; each "
     "100 steps costs 6-10 minutes on the 2-core machine.",
@@ -95,7 +97,7 @@ def main() -> None:
         "",
         "## Held-out sanity evals",
         "",
-        "| run | settings that differ from the shipped run | step | retrieval prompt / paraphrase | "
+        "| run | settings that differ from phase 1 | step | retrieval prompt / paraphrase | "
         "locality rejected | reliability | generality | LLM agreement on locality prompts with a prefix |",
         "|---|---|---|---|---|---|---|---|",
     ]
