@@ -74,7 +74,7 @@ class RecipeEditor(nn.Module):
         >>> editor = RecipeEditor.from_pretrained("ckpt/", llm=llm)  # doctest: +SKIP
         >>> keys = editor.encode_statements(["The capital of France is Rome"])  # doctest: +SKIP
         >>> editor.prompt_vectors(keys).shape  # doctest: +SKIP
-        torch.Size([1, 3, 576])
+        torch.Size([1, 4, 576])
     """
 
     def __init__(self, config: RecipeConfig, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

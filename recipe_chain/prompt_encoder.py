@@ -74,8 +74,11 @@ class PromptEncoder(nn.Module):
       and the slot logits can be supervised with the target's token ids (the trainer's
       ``prompt_tokens`` loss). On SmolLM2-135M, two tuned context vectors followed by the
       target's own token embeddings score 0.926 token accuracy on held-out CounterFact
-      edits (``benchmarks/bench_prefix_oracle.py``), where the MLP form trained to 0.12. The embedding matrix is not part of the
-      checkpoint: :meth:`attach_vocabulary` binds it (``RecipeEditor.attach_llm`` does).
+      edits (``benchmarks/bench_prefix_oracle.py``), where the MLP form trained to 0.12;
+      the shipped checkpoint's vocab encoder, reading a separate prompt code, reaches
+      0.89 (``benchmarks/results/training/attempts.md``, run I). The embedding matrix is
+      not part of the checkpoint: :meth:`attach_vocabulary` binds it
+      (``RecipeEditor.attach_llm`` does).
 
     Args:
         rep_dim: Width of the keys.

@@ -78,7 +78,7 @@ class GateOutput(BaseModel):
     Example:
         >>> out = gate.invoke("What is the mother tongue of Danielle Darrieux?")  # doctest: +SKIP
         >>> out.fired, out.edit_id, out.prefix_embeddings.shape  # doctest: +SKIP
-        (True, 'a1b2c3', torch.Size([3, 576]))
+        (True, 'a1b2c3', torch.Size([4, 576]))
     """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)

@@ -297,7 +297,7 @@ class RecipeKnowledgeStore:
         >>> store.add_edit("The mother tongue of Danielle Darrieux is", "English")  # doctest: +SKIP
         >>> result = store.gate("What is the mother tongue of Danielle Darrieux?")  # doctest: +SKIP
         >>> result.fired, result.prompt_vectors.shape  # doctest: +SKIP
-        (True, torch.Size([3, 576]))
+        (True, torch.Size([4, 576]))
     """
 
     def __init__(

@@ -77,7 +77,7 @@ from recipe_chain.training import TrainingConfig, train
 if CI:
     budget = dict(steps=8, batch_size=4, data_limit=64, warmup_steps=2, eval_examples=8, eval_interval=0,
                   checkpoint_interval=8, extra_locality_per_batch=4)
-else:  # the settings of the shipped SmolLM2 checkpoint (TrainingConfig's defaults)
+else:  # phase 1 of the shipped SmolLM2 checkpoint (TrainingConfig's defaults; its phase 2 is in the README)
     budget = dict(steps=1800, batch_size=8)
 config = TrainingConfig(
     data=[find_shared_data("counterfact/train.json")],
