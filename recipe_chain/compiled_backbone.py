@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +46,12 @@ def supports(backbone: PreTrainedModel) -> bool:
     )
 
 
-def weights_stamp(module: nn.Module) -> tuple[int, ...]:
-    """Changes whenever any parameter of ``module`` is written in place or replaced."""
+def weights_stamp(params: nn.Module | Iterable[torch.Tensor]) -> tuple[int, ...]:
+    """Changes whenever any of these parameters (or a module's) is written in place or re-bound."""
+    if isinstance(params, nn.Module):
+        params = params.parameters()
     stamp: list[int] = []
-    for param in module.parameters():
+    for param in params:
         stamp += (param._version, param.data_ptr())
     return tuple(stamp)
 

@@ -130,6 +130,7 @@ class KnowledgeEncoder(nn.Module):
         self.compiled_inference = True
         self._compiled: dict[bool, tuple[tuple[int, ...], CompiledBertBackbone]] = {}  # adapters on/off -> graph
         self.prompt_code_from_base = prompt_code_from_base
+        self._backbone_params: list[nn.Parameter] | None = None  # listed once: walking the modules costs ~1 ms
         self._compile_failed = False
         feat = (5 if pool_last_token else 4) * backbone.config.hidden_size
         if not 0 <= prompt_code_dim < rep_dim:
@@ -228,7 +229,9 @@ class KnowledgeEncoder(nn.Module):
         )
         if not usable:
             return None
-        stamp = weights_stamp(self.backbone)
+        if self._backbone_params is None:
+            self._backbone_params = list(self.backbone.parameters())
+        stamp = weights_stamp(self._backbone_params)
         cached = self._compiled.get(adapters)
         if cached is None or cached[0] != stamp:
             try:

@@ -439,3 +439,17 @@ def test_prompt_code_reads_the_backbone_without_its_adapters(llm, backbone) -> N
     assert not torch.allclose(moved[:, :-6], keys[:, :-6], atol=1e-3)  # the retrieval part did
     editor.replace_prompt_encoder(llm, prompt_code_dim=6, prompt_code_from_base=False)
     assert not editor.encoder.code_reads_base_features
+
+
+def test_encoding_restores_each_modules_own_mode(llm, backbone) -> None:
+    editor = make_editor(llm, backbone)
+    editor.train()
+    editor.encoder.backbone.eval()  # as the trainer keeps a frozen retriever's backbone
+    seen: list[bool] = []
+    hook = editor.encoder.query_head.register_forward_hook(lambda module, args, out: seen.append(module.training))
+    editor.encode_queries(["a question"])
+    editor.sentinel_key()
+    hook.remove()
+    assert seen == [False]  # encoded in eval mode ...
+    assert editor.training and editor.encoder.query_head.training  # ... and every mode is back as it was
+    assert not editor.encoder.backbone.training
