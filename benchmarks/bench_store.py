@@ -320,7 +320,10 @@ def markdown(payload: dict[str, Any]) -> str:
         )
     if payload.get("bulk_encode_edits_per_s"):
         lines.append("")
-        lines.append(f"Bulk statement encoding (MiniLM + knowledge head, batch 128): {payload['bulk_encode_edits_per_s']} statements/s.")
+        lines.append(
+            f"Bulk statement encoding (`editor.encode_statements`, batch 128; with a prompt code read from MiniLM "
+            f"without adapters, two backbone passes): {payload['bulk_encode_edits_per_s']} statements/s."
+        )
     targets = payload["targets"]
     lines += [
         "",

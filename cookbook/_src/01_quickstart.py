@@ -160,10 +160,11 @@ for question in QUESTIONS:
     print(f"    hit {hit:.2f} vs sentinel {sentinel:.2f} (difference {hit - sentinel:+.2f}) -> {decision}")
 
 # %% [markdown]
-# A word on what to expect: the checkpoint shipped today retrieves and gates well, but its
-# prompt vectors are weak (token accuracy of the new target about 0.1 when the right edit
-# fires; see "Benchmarks" in the README). An edited answer often moves towards the *kind*
-# of answer (a language, a religion) rather than to the new target itself.
+# A word on what to expect: with 1,000 CounterFact edits in one store, the shipped
+# checkpoint gives the new target a teacher-forced token accuracy of 0.83 on the edit
+# prompts and 0.84 on paraphrases, and keeps 0.945 of the unedited model's tokens on
+# neighbouring prompts (see "Benchmarks" in the README). Greedy answers start with the new
+# target about three times in four; a 135M model still sometimes wanders after it.
 #
 # The edited facts (and, if the encoder generalises, their paraphrases) should show a hit
 # similarity above the sentinel's; the neighbour and the unrelated prompt should fall
