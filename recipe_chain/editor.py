@@ -251,7 +251,8 @@ class RecipeEditor(nn.Module):
             seed: Seed of the new weights (``None``: the global RNG).
             **fields: Prompt-encoder fields of :class:`RecipeConfig` to change
                 (``prompt_len``, ``prompt_encoder``, ``prompt_context_len``,
-                ``prompt_hidden_dim``, ``prompt_input_norm``, ``prompt_code_dim``). A
+                ``prompt_hidden_dim``, ``prompt_input_norm``, ``prompt_code_dim``,
+                ``prompt_code_from_base``). A
                 ``prompt_code_dim`` gives the keys a new, untrained prompt-code head
                 (``rep_dim`` = the retrieval part + the code); the retrieval part of every
                 key stays exactly as it was.
