@@ -125,7 +125,10 @@ class TrainingConfig(BaseModel):
       jointly it pulls the shared keys towards the new target, and retrieval of the own
       edit fell to 0.14 (MLP: 0.95). Detaching the keys (``prompt_key_grad=0``), a 0.1
       gradient, and a frozen trained retriever all made the prompt-token loss diverge or
-      stall. Every figure: ``benchmarks/results/training/attempts.md``.
+      stall. What works is a second phase: ``freeze_retriever=True`` on a phase-1
+      checkpoint with a separate prompt code (``RecipeConfig.prompt_code_dim``) read from
+      the backbone without its adapters: 0.893 after 700 steps, retrieval unchanged (the
+      shipped checkpoint). Every figure: ``benchmarks/results/training/attempts.md``.
     * ``weight_locality=1`` (the paper's): at 0.1 the held-out reliability after 150 and 300
       steps was ~0.03 higher, but the LLM's agreement with itself on locality prompts
       *with* a prefix fell from 0.48 to 0.11, which every false fire of the gate pays.
