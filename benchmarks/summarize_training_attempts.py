@@ -2,8 +2,8 @@
 
 Each attempt is a ``recipe-chain train`` run whose ``metrics.jsonl`` and
 ``training_config.json`` were copied to ``benchmarks/results/training/attempts/`` as
-``NAME.jsonl`` / ``NAME.training_config.json``; the shipped checkpoint's own run is
-``benchmarks/results/training/metrics.jsonl``. The held-out sanity eval (64 training-set
+``NAME.jsonl`` / ``NAME.training_config.json``; the shipped checkpoint's two phases are
+``benchmarks/results/training/metrics.jsonl`` and ``phase2/metrics.jsonl``. The held-out sanity eval (64 training-set
 edits never trained on) gives: the own edit retrieved top-1 for its prompt / paraphrase,
 locality prompts rejected by the sentinel, and the teacher-forced token accuracy of the
 new target *with the right edit's prompt vectors* (reliability / generality).
@@ -17,7 +17,11 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent / "results" / "training"
-SHIPPED = ("shipped phase 1 (paper's MLP prompt encoder, 3 vectors; shipped alone before I)", ROOT / "metrics.jsonl", ROOT / "training_config.json")
+SHIPPED = ("shipped phase 1 (paper's MLP prompt encoder, 3 vectors; shipped alone before I)", ROOT / "metrics.jsonl",
+           ROOT / "training_config.json")
+# The shipped checkpoint's second phase is run I; its log lives beside phase 1's.
+PHASE2 = ("I-prompt-code-base-features (shipped phase 2)", ROOT / "phase2" / "metrics.jsonl",
+          ROOT / "phase2" / "training_config.json")
 BASELINE = json.loads((ROOT / "training_config.json").read_text())
 KEYS = ("prompt_len", "prompt_encoder", "prompt_context_len", "prompt_code_dim", "freeze_retriever", "prompt_key_grad",
         "rep_dim", "backbone_tuning", "weight_retrieval", "weight_sentinel", "weight_prompt_tokens", "steps",
@@ -84,7 +88,7 @@ def window(train: list[dict], name: str, lo: int, hi: int) -> str:
 
 
 def main() -> None:
-    runs = [SHIPPED] + [
+    runs = [SHIPPED, PHASE2] + [
         (p.stem, p, p.with_name(p.stem + ".training_config.json")) for p in sorted((ROOT / "attempts").glob("*.jsonl"))
     ]
     lines = [
