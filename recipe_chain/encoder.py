@@ -131,6 +131,8 @@ class KnowledgeEncoder(nn.Module):
         self._compiled: dict[bool, tuple[tuple[int, ...], CompiledBertBackbone]] = {}  # adapters on/off -> graph
         self.prompt_code_from_base = prompt_code_from_base
         self._backbone_params: list[nn.Parameter] | None = None  # listed once: walking the modules costs ~1 ms
+        # LoRA is applied before the encoder is built (RecipeEditor does), so this is fixed
+        self._has_adapters = any(isinstance(m, LoRALinear) for m in backbone.modules())
         self._compile_failed = False
         feat = (5 if pool_last_token else 4) * backbone.config.hidden_size
         if not 0 <= prompt_code_dim < rep_dim:
@@ -205,10 +207,7 @@ class KnowledgeEncoder(nn.Module):
     @property
     def code_reads_base_features(self) -> bool:
         """Whether the prompt code needs its own, adapter-free backbone pass."""
-        return bool(self.prompt_code_dim and self.prompt_code_from_base and self._has_adapters())
-
-    def _has_adapters(self) -> bool:
-        return any(isinstance(m, LoRALinear) for m in self.backbone.modules())
+        return bool(self.prompt_code_dim and self.prompt_code_from_base and self._has_adapters)
 
     def code_features(self, batch: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor | None:
         """What the prompt-code head reads for ``batch``: ``None`` means ``features`` itself."""
