@@ -8,6 +8,12 @@ backbone's weights (with any LoRA adapters merged) into a flat, branch-free forw
 TorchScript, then freezes and optimises the graph for inference (prepacked oneDNN
 weights on CPU). The result equals the Hugging Face forward up to float rounding.
 
+With ``paired=True`` every input runs twice in the same pass, with the LoRA adapters and
+without them: the base weights are shared and each adapter is added as its low-rank
+product to the adapted rows only. A statement's key (adapted backbone) and its prompt
+code (base backbone) then cost one pass at twice the rows, which on a CPU costs much less
+than two passes: the cost of a 10-30-token pass is mostly reading the weights.
+
 It is a snapshot: :class:`~recipe_chain.encoder.KnowledgeEncoder` rebuilds it when a
 weight changes (training, ``load_state_dict``) and uses it only outside training, on a
 CPU, for the architectures :func:`supports` accepts; everything else runs the Hugging
@@ -50,10 +56,40 @@ def weights_stamp(params: nn.Module | Iterable[torch.Tensor]) -> tuple[int, ...]
     """Changes whenever any of these parameters (or a module's) is written in place or re-bound."""
     if isinstance(params, nn.Module):
         params = params.parameters()
-    stamp: list[int] = []
-    for param in params:
-        stamp += (param._version, param.data_ptr())
-    return tuple(stamp)
+    return tuple(stamp for param in params for stamp in (param._version, param.data_ptr()))
+
+
+def _low_rank_factors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(A (r, in), B (out, r))`` with the LoRA scaling folded into ``B``; ``None`` for a plain linear."""
+    if getattr(layer, "base", None) is None:
+        return None
+    return layer.lora_a.detach().clone(), (layer.lora_b * layer.scaling).detach().clone()
+
+
+class _LowRank(nn.Module):
+    """``(N, in) -> (N, out)``: ``x @ A^T @ B^T``, an adapter's contribution to its linear layer."""
+
+    def __init__(self, parts: list[tuple[torch.Tensor, torch.Tensor] | None], widths: list[int]) -> None:
+        super().__init__()
+        in_features = next(a.shape[1] for a, _ in filter(None, parts))
+        # layers without an adapter contribute an (out, 0) block: zero
+        a = torch.cat([p[0] if p else torch.zeros(0, in_features) for p in parts])  # (R, in)
+        b = torch.block_diag(*[p[1] if p else torch.zeros(w, 0) for p, w in zip(parts, widths)])  # (out, R)
+        self.a = nn.Parameter(a, requires_grad=False)
+        self.b = nn.Parameter(b, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.a), self.b)
+
+
+def _low_rank(layers: list[nn.Module]) -> nn.Module:
+    """The adapters of ``layers`` (whose outputs are concatenated) as one :class:`_LowRank`;
+    ``nn.Identity()`` as a placeholder when none of them has one."""
+    parts = [_low_rank_factors(layer) for layer in layers]
+    if not any(parts):
+        return nn.Identity()
+    widths = [(layer.base if getattr(layer, "base", None) is not None else layer).out_features for layer in layers]
+    return _LowRank(parts, widths)
 
 
 def _linear_weights(layer: nn.Module, adapters: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,10 +103,15 @@ def _linear_weights(layer: nn.Module, adapters: bool) -> tuple[torch.Tensor, tor
 
 
 class _FlatBert(nn.Module):
-    """Branch-free BERT forward: ``(input_ids (B, T), token_type_ids (B, T), mask (B, T)) -> (B, T, H)``."""
+    """Branch-free BERT forward: ``(input_ids (B, T), token_type_ids (B, T), mask (B, T)) -> (B, T, H)``.
 
-    def __init__(self, backbone: BertModel, adapters: bool) -> None:
+    With ``paired``: ``-> (2B, T, H)``, rows ``[:B]`` with the adapters, ``[B:]`` without.
+    """
+
+    def __init__(self, backbone: BertModel, adapters: bool, paired: bool = False) -> None:
         super().__init__()
+        self.paired = paired
+        merged = adapters and not paired  # paired: base weights here, adapters in self.adapter
         emb = backbone.embeddings
         self.hidden = backbone.config.hidden_size
         self.heads = backbone.config.num_attention_heads
@@ -85,15 +126,33 @@ class _FlatBert(nn.Module):
         self.ffn_in = nn.ModuleList()
         self.ffn_out = nn.ModuleList()
         self.ffn_norm = nn.ModuleList()
-        for layer in backbone.encoder.layer:
+        self.adapter = nn.ModuleDict()  # paired only: "<projection>_<layer>" -> _LowRank
+        for i, layer in enumerate(backbone.encoder.layer):
             attention = layer.attention
-            parts = [_linear_weights(getattr(attention.self, n), adapters) for n in ("query", "key", "value")]
-            self.qkv.append(_frozen_linear(torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts])))
-            self.attn_out.append(_frozen_linear(*_linear_weights(attention.output.dense, adapters)))
+            projections = {
+                "qkv": [getattr(attention.self, n) for n in ("query", "key", "value")],
+                "attn_out": [attention.output.dense],
+                "ffn_in": [layer.intermediate.dense],
+                "ffn_out": [layer.output.dense],
+            }
+            for name, layers in projections.items():
+                parts = [_linear_weights(linear, merged) for linear in layers]
+                getattr(self, name).append(
+                    _frozen_linear(torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts]))
+                )
+                if paired:
+                    self.adapter[f"{name}_{i}"] = _low_rank(layers)
             self.attn_norm.append(_copy_norm(attention.output.LayerNorm))
-            self.ffn_in.append(_frozen_linear(*_linear_weights(layer.intermediate.dense, adapters)))
-            self.ffn_out.append(_frozen_linear(*_linear_weights(layer.output.dense, adapters)))
             self.ffn_norm.append(_copy_norm(layer.output.LayerNorm))
+
+    def _project(self, name: str, i: int, x: torch.Tensor, adapted_rows: int) -> torch.Tensor:
+        """``(N, T, in) -> (N, T, out)`` through projection ``name`` of layer ``i``; when paired,
+        the first ``adapted_rows`` rows also get the adapter's low-rank term."""
+        y = getattr(self, name)[i](x)
+        delta = self.adapter[f"{name}_{i}"] if self.paired else None
+        if isinstance(delta, _LowRank):
+            y = torch.cat([y[:adapted_rows] + delta(x[:adapted_rows]), y[adapted_rows:]])
+        return y
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t = input_ids.shape
@@ -103,13 +162,15 @@ class _FlatBert(nn.Module):
         x = self.embed_norm(x + F.embedding(positions, self.position))
         # additive mask: 0 for real keys, the dtype's minimum for padding
         bias = (1.0 - mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min  # (B, 1, 1, T)
-        for qkv, attn_out, attn_norm, ffn_in, ffn_out, ffn_norm in zip(
-            self.qkv, self.attn_out, self.attn_norm, self.ffn_in, self.ffn_out, self.ffn_norm
-        ):
-            q, k, v = qkv(x).view(b, t, 3, nh, h // nh).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hd)
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, nh, T, hd)
-            x = attn_norm(attn_out(attended.transpose(1, 2).reshape(b, t, h)) + x)  # (B, T, H)
-            x = ffn_norm(ffn_out(F.gelu(ffn_in(x))) + x)  # (B, T, H)
+        rows = b
+        if self.paired:  # rows [:b] run with the adapters, rows [b:] without
+            x, bias, rows = torch.cat([x, x]), torch.cat([bias, bias]), 2 * b  # (2B, T, H), (2B, 1, 1, T)
+        for i, (attn_norm, ffn_norm) in enumerate(zip(self.attn_norm, self.ffn_norm)):
+            qkv = self._project("qkv", i, x, b)  # (R, T, 3H)
+            q, k, v = qkv.view(rows, t, 3, nh, h // nh).permute(2, 0, 3, 1, 4)  # 3 x (R, nh, T, hd)
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (R, nh, T, hd)
+            x = attn_norm(self._project("attn_out", i, attended.transpose(1, 2).reshape(rows, t, h), b) + x)
+            x = ffn_norm(self._project("ffn_out", i, F.gelu(self._project("ffn_in", i, x, b)), b) + x)  # (R, T, H)
         return x
 
 
@@ -135,6 +196,9 @@ class CompiledBertBackbone:
             are copied; later changes to it are not seen.
         adapters: Merge its LoRA adapters into the weights (``False``: the base model,
             as under :func:`~recipe_chain.lora.adapters_disabled`).
+        paired: Run every input both ways in one pass: the call then returns
+            ``(2B, T, H)``, rows ``[:B]`` with the adapters and ``[B:]`` without
+            (``adapters`` is ignored).
 
     Raises:
         ValueError: For an unsupported backbone or one not on the CPU.
@@ -144,12 +208,13 @@ class CompiledBertBackbone:
         >>> hidden = compiled(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])  # doctest: +SKIP
     """
 
-    def __init__(self, backbone: PreTrainedModel, *, adapters: bool = True) -> None:
+    def __init__(self, backbone: PreTrainedModel, *, adapters: bool = True, paired: bool = False) -> None:
         if not supports(backbone):
             raise ValueError(f"CompiledBertBackbone reproduces BertModel only; got {type(backbone).__name__}")
         if backbone.device.type != "cpu":
             raise ValueError(f"CompiledBertBackbone runs on the CPU; the backbone is on {backbone.device}")
-        flat = _FlatBert(backbone, adapters).eval()
+        flat = _FlatBert(backbone, adapters, paired).eval()
+        self.paired = paired
         example = (torch.tensor([[101, 2023, 102]]), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice
@@ -159,5 +224,5 @@ class CompiledBertBackbone:
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``(B, T)`` ids, token types and mask -> ``(B, T, H)`` last hidden states."""
+        """``(B, T)`` ids, token types and mask -> ``(B, T, H)`` last hidden states (paired: ``(2B, T, H)``)."""
         return self._graph(input_ids, token_type_ids, attention_mask)

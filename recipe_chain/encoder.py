@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -57,6 +58,18 @@ def pool_features(hidden: torch.Tensor, mask: torch.Tensor, last_index: torch.Te
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         pools.append(hidden[rows, last_index.to(hidden.device)])  # (B, H)
     return torch.cat(pools, dim=-1)  # (B, 4H or 5H)
+
+
+def _plain_backend(tokenizer: PreTrainedTokenizerBase) -> Tokenizer | None:
+    """A private copy of a fast tokenizer's Rust backend with padding and truncation off;
+    ``None`` (use the tokenizer itself) for a slow tokenizer, left padding or no pad token."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not isinstance(backend, Tokenizer) or tokenizer.padding_side != "right" or tokenizer.pad_token_id is None:
+        return None
+    plain = Tokenizer.from_str(backend.to_str())  # the tokenizer's own backend changes with every call's options
+    plain.no_padding()
+    plain.no_truncation()
+    return plain
 
 
 class ResidualMLPHead(nn.Module):
@@ -127,13 +140,16 @@ class KnowledgeEncoder(nn.Module):
         self.max_length = max_length
         self.pool_last_token = pool_last_token
         self._special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self._backend = _plain_backend(tokenizer)
         self.compiled_inference = True
-        self._compiled: dict[bool, tuple[tuple[int, ...], CompiledBertBackbone]] = {}  # adapters on/off -> graph
+        # "adapters" / "base" / "paired" (both in one pass) -> (weights stamp, graph)
+        self._compiled: dict[str, tuple[tuple[int, ...], CompiledBertBackbone]] = {}
         self.prompt_code_from_base = prompt_code_from_base
         self._backbone_params: list[nn.Parameter] | None = None  # listed once: walking the modules costs ~1 ms
         # LoRA is applied before the encoder is built (RecipeEditor does), so this is fixed
         self._has_adapters = any(isinstance(m, LoRALinear) for m in backbone.modules())
         self._compile_failed = False
+        self._compilable = supports(backbone)  # the backbone module is fixed for the encoder's life
         feat = (5 if pool_last_token else 4) * backbone.config.hidden_size
         if not 0 <= prompt_code_dim < rep_dim:
             raise ValueError(f"prompt_code_dim must be in [0, rep_dim={rep_dim}); got {prompt_code_dim}")
@@ -170,17 +186,39 @@ class KnowledgeEncoder(nn.Module):
         return next(self.knowledge_head.parameters()).device
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Tokenize with padding; raise if any text exceeds ``max_length`` tokens."""
-        batch = self.tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
-        lengths = batch["attention_mask"].sum(1)
-        too_long = (lengths > self.max_length).nonzero().flatten().tolist()
-        if too_long:
-            i = too_long[0]
-            raise ValueError(
-                f"Text {i} has {int(lengths[i])} tokens; the knowledge encoder accepts at most "
-                f"{self.max_length}. Shorten it (a statement is '<prompt> <target_new>'). Text: {texts[i][:80]!r}"
-            )
-        return {k: v.to(self.device) for k, v in batch.items()}
+        """Tokenize with padding; raise if any text exceeds ``max_length`` tokens.
+
+        A fast (Rust) tokenizer is called directly, through a private copy of its backend
+        with padding and truncation off: the same ids, mask and token types as
+        ``tokenizer(texts, padding=True)`` in about half the time (0.15 ms instead of 0.3 ms for one query).
+        """
+        if self._backend is not None:
+            # encode_batch hands the texts to a thread pool: worth it for big batches only
+            encodings = self._backend.encode_batch(texts) if len(texts) > 8 else [self._backend.encode(t) for t in texts]
+            lengths = [len(e.ids) for e in encodings]
+            self._check_lengths(lengths, texts)
+            width = max(lengths)
+            pad_id = self.tokenizer.pad_token_id
+            batch = {
+                "input_ids": torch.tensor([e.ids + [pad_id] * (width - len(e.ids)) for e in encodings]),  # (B, T)
+                "token_type_ids": torch.tensor([e.type_ids + [0] * (width - len(e.ids)) for e in encodings]),
+                "attention_mask": torch.tensor([e.attention_mask + [0] * (width - len(e.ids)) for e in encodings]),
+            }
+            if "token_type_ids" not in self.tokenizer.model_input_names:
+                del batch["token_type_ids"]
+        else:
+            batch = dict(self.tokenizer(texts, padding=True, truncation=False, return_tensors="pt"))
+            self._check_lengths(batch["attention_mask"].sum(1).tolist(), texts)
+        device = self.device
+        return batch if device.type == "cpu" else {k: v.to(device) for k, v in batch.items()}
+
+    def _check_lengths(self, lengths: list[int], texts: list[str]) -> None:
+        for i, length in enumerate(lengths):
+            if length > self.max_length:
+                raise ValueError(
+                    f"Text {i} has {length} tokens; the knowledge encoder accepts at most {self.max_length}. "
+                    f"Shorten it (a statement is '<prompt> <target_new>'). Text: {texts[i][:80]!r}"
+                )
 
     def features(self, batch: dict[str, torch.Tensor], *, adapters: bool = True) -> torch.Tensor:
         """``(B, 4H)`` or ``(B, 5H)`` pooled backbone features of a tokenized batch.
@@ -190,12 +228,9 @@ class KnowledgeEncoder(nn.Module):
             adapters: ``False`` runs the backbone without its LoRA adapters (no gradient
                 reaches them then).
         """
-        compiled = self._compiled_backbone(adapters)
+        compiled = self._compiled_backbone("adapters" if adapters else "base")
         if compiled is not None:
-            types = batch.get("token_type_ids")
-            if types is None:
-                types = torch.zeros_like(batch["input_ids"])
-            hidden = compiled(batch["input_ids"], types, batch["attention_mask"])  # (B, T, H)
+            hidden = self._run_compiled(compiled, batch)  # (B, T, H)
         elif adapters:
             hidden = self.backbone(**batch).last_hidden_state  # (B, T, H)
         else:
@@ -203,6 +238,31 @@ class KnowledgeEncoder(nn.Module):
                 hidden = self.backbone(**batch).last_hidden_state  # (B, T, H)
         last = self._last_content_index(batch) if self.pool_last_token else None
         return pool_features(hidden, batch["attention_mask"], last)
+
+    @staticmethod
+    def _run_compiled(compiled: CompiledBertBackbone, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        types = batch.get("token_type_ids")
+        if types is None:
+            types = torch.zeros_like(batch["input_ids"])
+        return compiled(batch["input_ids"], types, batch["attention_mask"])
+
+    def statement_features(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(features, code_features)`` of a tokenized statement batch: what
+        :meth:`keys_from_features` reads.
+
+        When the prompt code reads the backbone without its adapters and the compiled
+        forward is usable, both come from one paired pass (about 60 % of the time of two
+        passes on a CPU); otherwise from :meth:`features` and :meth:`code_features`.
+        """
+        paired = self._compiled_backbone("paired") if self.code_reads_base_features else None
+        if paired is None:
+            features = self.features(batch)
+            return features, self.code_features(batch, features)
+        hidden = self._run_compiled(paired, batch)  # (2B, T, H): with adapters, then without
+        mask = batch["attention_mask"].repeat(2, 1)  # (2B, T)
+        last = self._last_content_index(batch).repeat(2) if self.pool_last_token else None
+        features = pool_features(hidden, mask, last)  # (2B, F)
+        return features.chunk(2)  # type: ignore[return-value]
 
     @property
     def code_reads_base_features(self) -> bool:
@@ -216,30 +276,35 @@ class KnowledgeEncoder(nn.Module):
         with torch.no_grad():  # the base backbone is frozen
             return self.features(batch, adapters=False)
 
-    def _compiled_backbone(self, adapters: bool) -> CompiledBertBackbone | None:
-        """The compiled backbone for this call, or ``None`` to run the Hugging Face forward."""
+    def _compiled_backbone(self, mode: str) -> CompiledBertBackbone | None:
+        """The compiled backbone for this call, or ``None`` to run the Hugging Face forward.
+
+        Args:
+            mode: ``"adapters"``, ``"base"`` (adapters off) or ``"paired"`` (both in one pass).
+        """
         usable = (
             self.compiled_inference
             and not self._compile_failed
             and not self.training
             and not torch.is_grad_enabled()
             and self.device.type == "cpu"
-            and supports(self.backbone)
+            and self._compilable
         )
         if not usable:
             return None
         if self._backbone_params is None:
             self._backbone_params = list(self.backbone.parameters())
         stamp = weights_stamp(self._backbone_params)
-        cached = self._compiled.get(adapters)
+        cached = self._compiled.get(mode)
         if cached is None or cached[0] != stamp:
             try:
-                cached = (stamp, CompiledBertBackbone(self.backbone, adapters=adapters))
+                compiled = CompiledBertBackbone(self.backbone, adapters=mode != "base", paired=mode == "paired")
+                cached = (stamp, compiled)
             except Exception:  # noqa: BLE001 - any failure only costs speed
                 logger.warning("Compiling the backbone failed; using the Hugging Face forward", exc_info=True)
                 self._compile_failed = True
                 return None
-            self._compiled[adapters] = cached
+            self._compiled[mode] = cached
         return cached[1]
 
     def _last_content_index(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -281,9 +346,7 @@ class KnowledgeEncoder(nn.Module):
 
     def encode_statement_batch(self, texts: list[str]) -> torch.Tensor:
         """``(B, rep_dim)`` keys of statements, with gradients."""
-        batch = self.tokenize(texts)
-        features = self.features(batch)
-        return self.keys_from_features(features, self.code_features(batch, features))
+        return self.keys_from_features(*self.statement_features(self.tokenize(texts)))
 
     def encode_query_batch(self, texts: list[str]) -> torch.Tensor:
         """``(B, rep_dim)`` query representations, with gradients."""

@@ -97,11 +97,11 @@ def test_encoder_recompiles_after_a_weight_changes(bert) -> None:
     encoder = _encoder(_with_trained_lora(model), tokenizer)
     with torch.no_grad():
         before = encoder.features(encoder.tokenize(TEXTS))
-        first = encoder._compiled[True][1]
+        first = encoder._compiled["adapters"][1]
         lora_b = next(p for n, p in encoder.backbone.named_parameters() if n.endswith("lora_b"))
         lora_b.add_(0.5)  # as an optimizer step would
         after = encoder.features(encoder.tokenize(TEXTS))
-    assert encoder._compiled[True][1] is not first
+    assert encoder._compiled["adapters"][1] is not first
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, _hf_features(encoder, TEXTS), rtol=1e-4, atol=1e-5)
 
@@ -124,7 +124,7 @@ def test_a_failed_compile_falls_back_with_a_warning(bert, monkeypatch, caplog) -
     model, tokenizer = bert
     encoder = _encoder(model, tokenizer)
 
-    def broken(self, backbone):  # noqa: ANN001
+    def broken(self, backbone, **options):  # noqa: ANN001, ANN003
         raise RuntimeError("no TorchScript here")
 
     monkeypatch.setattr(compiled_backbone.CompiledBertBackbone, "__init__", broken)
@@ -149,3 +149,61 @@ def test_compiled_forward_without_adapters_equals_the_base_model(bert) -> None:
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(got[real], expected[real], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(adapted[real], expected[real], atol=1e-3)  # the adapters do matter here
+
+
+@pytest.mark.parametrize("texts", [TEXTS[:1], TEXTS], ids=["one", "padded-batch"])
+def test_paired_forward_equals_the_adapted_and_the_base_model(bert, texts) -> None:
+    from recipe_chain.lora import adapters_disabled
+
+    model, tokenizer = bert
+    model = _with_trained_lora(model)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        adapted = model(**batch).last_hidden_state  # (B, T, H)
+        with adapters_disabled(model):
+            base = model(**batch).last_hidden_state
+    got = CompiledBertBackbone(model, paired=True)(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    b, real = len(texts), batch["attention_mask"].bool()
+    assert got.shape == (2 * b, *adapted.shape[1:])
+    torch.testing.assert_close(got[:b][real], adapted[real], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[b:][real], base[real], rtol=1e-4, atol=1e-5)
+
+
+def test_paired_forward_of_a_backbone_without_adapters_returns_the_same_states_twice(bert) -> None:
+    model, tokenizer = bert
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    got = CompiledBertBackbone(model.eval(), paired=True)(batch["input_ids"], batch["token_type_ids"],
+                                                          batch["attention_mask"])
+    torch.testing.assert_close(got[: len(TEXTS)], got[len(TEXTS) :], rtol=0, atol=0)
+
+
+def test_statement_keys_come_from_one_paired_pass_and_equal_two_hugging_face_passes(bert, monkeypatch) -> None:
+    model, tokenizer = bert
+    encoder = KnowledgeEncoder(_with_trained_lora(model), tokenizer, rep_dim=16, head_hidden_dim=16, head_blocks=1,
+                               max_length=64, prompt_code_dim=6).eval()
+    assert encoder.code_reads_base_features
+    calls: list[bool] = []
+    original = CompiledBertBackbone.__call__
+    monkeypatch.setattr(CompiledBertBackbone, "__call__",
+                        lambda self, *a: calls.append(self.paired) or original(self, *a))
+    with torch.no_grad():
+        got = encoder.encode_statement_batch(TEXTS)
+    assert calls == [True]  # one pass, the paired graph
+    encoder.compiled_inference = False
+    with torch.no_grad():
+        expected = encoder.encode_statement_batch(TEXTS)  # adapted pass + base pass, Hugging Face
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("texts", [TEXTS[:1], TEXTS, ["", "  spaced   out  ", "Ünïcödé and émojis 🙂 mixed"]],
+                         ids=["one", "padded-batch", "odd-text"])
+def test_encoder_tokenizes_exactly_like_its_tokenizer(bert, texts) -> None:
+    model, tokenizer = bert
+    encoder = _encoder(model, tokenizer)
+    assert encoder._backend is not None  # the fast path is what this test checks
+    tokenizer(["warm the tokenizer's own backend up"], padding="max_length", max_length=40, truncation=True)
+    expected = tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
+    got = encoder.tokenize(texts)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)

@@ -76,6 +76,16 @@ def test_default_encoder_loads_from_package() -> None:
     assert model.config.recipe_chain_backbone_id == loading.DEFAULT_ENCODER_ID
     out = model(**tokenizer(["hello world"], return_tensors="pt"))
     assert out.last_hidden_state.shape[-1] == 384
+    # the knowledge encoder calls this tokenizer's Rust backend directly: same batches
+    from recipe_chain.encoder import KnowledgeEncoder
+
+    encoder = KnowledgeEncoder(model, tokenizer, rep_dim=8, head_hidden_dim=8, head_blocks=1, max_length=128)
+    assert encoder._backend is not None
+    texts = ["The mother tongue of Danielle Darrieux is English", "Who is Ångström?", "a", "  hello   WORLD  "]
+    expected = tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
+    got = encoder.tokenize(texts)
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
 @pytest.mark.integration

@@ -441,7 +441,9 @@ def test_cli_train_freeze_retriever_adds_a_prompt_code_and_keeps_every_retriever
     new = RecipeEditor.from_pretrained(tmp_path / "second" / "checkpoint")
     assert new.config.rep_dim == old.config.rep_dim + 8 and new.config.prompt_code_dim == 8
     texts = ["The mother tongue of Danielle Darrieux is English"]
-    torch.testing.assert_close(new.encode_statements(texts)[:, :-8], old.encode_statements(texts), rtol=0, atol=0)
+    # Same retrieval part. Not bit-identical: with a prompt code, a statement's two backbone passes
+    # run as one paired pass, which adds each LoRA term apart from the base weight (float rounding).
+    torch.testing.assert_close(new.encode_statements(texts)[:, :-8], old.encode_statements(texts), rtol=0, atol=1e-5)
     # the code head did train: a second run with a near-zero learning rate ends elsewhere
     frozen_lr = ["--lr", "1e-12", "--prompt-lr", "1e-12"]
     assert main(["train", *common, *options, *frozen_lr, "--out", str(tmp_path / "third")]) == 0
