@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench-store clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration and not server"
+
+# Knowledge-store latency benchmark (~20 min) -> benchmarks/results/store.{json,md}. GOMP_SPINCOUNT=10000
+# is the serving setting the README recommends: OpenMP's idle worker stops spinning soon and leaves the core to Chroma.
+bench-store: $(STAMP)
+	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -24,8 +24,11 @@ Per store size and backend (embedded ``PersistentClient``; a ``chroma run`` serv
 * ``add_edit`` latency p50/p95 (one edit, encoding included).
 Plus ``add_edits`` throughput into an empty namespace (encoding included) per backend.
 
-torch runs with ``--threads`` intra-op threads (default 1: on this 2-core machine,
-shared with other work, one thread gave lower single-query latency than two).
+torch runs with ``--threads`` intra-op threads (default: torch's own, one per core). The
+OpenMP environment matters on a small machine: with two threads, OpenMP's worker spins
+after each parallel region by default and takes the core Chroma's query needs next. The
+recommended serving setting, ``GOMP_SPINCOUNT=10000`` (see the README), is what
+``make bench-store`` uses; the results record the environment they ran under.
 
 Run:  .venv/bin/python benchmarks/bench_store.py [--quick]
 Writes benchmarks/results/store.{json,md} (``--quick`` writes store-quick.{json,md}).
@@ -48,6 +51,7 @@ from common import machine_info, percentile, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "KMP_BLOCKTIME")
 SUBJECTS = ["Aldren", "Borvik", "Celandine", "Dovras", "Elmira", "Fenwick", "Galrod", "Hestia", "Ivoren", "Jorund"]
 RELATIONS = [
     ("The mother tongue of {s} is", ["English", "French", "Swahili", "Tamil", "Basque"]),
@@ -189,7 +193,8 @@ def measure_add_edit(store: Any, edits: Sequence[tuple[str, str, str | None]]) -
         wall, cpu = timed(lambda: store.add_edit(prompt, target, subject=subject))
         walls.append(wall)
         cpus.append(cpu)
-    parts: dict[str, list[float]] = {"encode_statement": [], "supersession_lookup": [], "write": []}
+    parts: dict[str, list[float]] = {"encode_statement": [], "supersession_lookup": [], "write": [], "chroma_add_alone": []}
+    floor = chroma_floor_collection(store)
     for prompt, target, subject in edits[split:]:
         item = store._prepare(prompt, target, subject)
         t0 = time.perf_counter()
@@ -202,10 +207,24 @@ def measure_add_edit(store: Any, edits: Sequence[tuple[str, str, str | None]]) -
         parts["encode_statement"].append(t1 - t0)
         parts["supersession_lookup"].append(t2 - t1)
         parts["write"].append(t3 - t2)
+        # the floor: Chroma adding one record of the same shape, nothing else
+        record = store._collection.get(ids=[item.edit_id], include=["metadatas", "documents", "embeddings"])
+        t4 = time.perf_counter()
+        floor.add(ids=[f"floor-{item.edit_id}"], embeddings=record["embeddings"], metadatas=record["metadatas"],
+                  documents=record["documents"])
+        parts["chroma_add_alone"].append(time.perf_counter() - t4)
     out = stats_ms(walls)
     out["cpu_p50_ms"] = round(percentile([c * 1000 for c in cpus], 0.5), 2)
     out["breakdown_p50_ms"] = {k: round(percentile(v, 0.5) * 1000, 2) for k, v in parts.items()}
     return out
+
+
+def chroma_floor_collection(store: Any) -> Any:
+    """An empty side collection on the store's Chroma client, with the store's HNSW space, for
+    timing a bare one-record ``add`` (the floor under ``add_edit``'s write)."""
+    client = store._client
+    name = f"bench-floor-{time.monotonic_ns()}"
+    return client.create_collection(name, metadata={"hnsw:space": "cosine"})
 
 
 def load_average() -> list[float]:
@@ -266,6 +285,9 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         f"`{payload['command']}` on {m['cpu_count']} CPUs ({m['processor']}), torch {m['torch']} with "
         f"{payload['torch_threads']} intra-op thread(s), chromadb {payload['chromadb']}, {m['date']}.",
+        "OpenMP/MKL environment: "
+        + (", ".join(f"`{k}={v}`" for k, v in payload.get("environment", {}).items() if v is not None) or "none set")
+        + ".",
         "",
         f"Editor: {payload['editor']}. Edits: {payload['real_statements']} real CounterFact statements, "
         "synthetic ones beyond. Keys of the pre-filled edits were computed in bulk and written through the "
@@ -295,15 +317,18 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         "## `add_edit` latency (one edit: validate, encode, supersession lookup, one Chroma upsert)",
         "",
-        "| backend | stored edits | p50 ms | p95 ms | CPU p50 ms | calls | profile p50: encode statement | supersession lookup | write (lookup + upsert) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "The last column is the floor under the write: Chroma adding one record of the same shape (key, "
+        "statement, metadata) to a small side collection on the same client, with nothing else around it.",
+        "",
+        "| backend | stored edits | p50 ms | p95 ms | CPU p50 ms | calls | profile p50: encode statement | supersession lookup | write (checks + lookup + upsert) | Chroma add of one record alone |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for backend, res in payload["backends"].items():
         for size, e in res["sizes"].items():
             a, b = e["add_edit"], e["add_edit"]["breakdown_p50_ms"]
             lines.append(
                 f"| {backend} | {int(size):,} | {a['p50_ms']} | {a['p95_ms']} | {a['cpu_p50_ms']} | {a['n']} | "
-                f"{b['encode_statement']} | {b['supersession_lookup']} | {b['write']} |"
+                f"{b['encode_statement']} | {b['supersession_lookup']} | {b['write']} | {b.get('chroma_add_alone', '-')} |"
             )
     lines += [
         "",
@@ -371,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gates", type=int, default=None, help="timed gate calls per size (default 200)")
     parser.add_argument("--adds", type=int, default=None, help="timed add_edit calls per size (default 100)")
     parser.add_argument("--throughput", type=int, default=None, help="edits for the add_edits run (default 2000)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's own default, one per core)")
+    parser.add_argument("--name", default=None, help="results file name (default store, or store-quick)")
     parser.add_argument("--workdir", default=None, help="where the stores are built (default: a temp dir)")
     parser.add_argument("--no-key-cache", action="store_true", help="do not cache bulk-encoded keys")
     args = parser.parse_args(argv)
@@ -390,7 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from recipe_chain.loading import cache_dir
     from recipe_chain.store import RecipeKnowledgeStore
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_start = load_average()
     llm, _ = load_default_llm()
     try:
@@ -414,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": ".venv/bin/python benchmarks/bench_store.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(),
         "torch_threads": torch.get_num_threads(),
+        "environment": {k: os.environ.get(k) for k in THREAD_ENV},
         "chromadb": chromadb.__version__,
         "editor": editor_kind,
         "editor_fingerprint": editor.fingerprint,
@@ -460,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gate_met": bool(last) and int(last) >= 100_000 and embedded[last]["gate"]["p50_ms"] <= 15,
     }
     payload["notes"] = auto_notes(payload)
-    name = "store-quick" if args.quick else "store"
+    name = args.name or ("store-quick" if args.quick else "store")
     json_path, md_path = write_results(name, payload, markdown(payload))
     print(f"wrote {json_path} and {md_path}")
     return 0
