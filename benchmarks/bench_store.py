@@ -219,6 +219,30 @@ def measure_add_edit(store: Any, edits: Sequence[tuple[str, str, str | None]]) -
     return out
 
 
+def speed_check_ms() -> float:
+    """p50 ms of a fixed CPU workload: MiniLM-L6's 24 weight matrices applied to 13 token rows
+    in fp32 on one thread. This machine's host speed drifts (the same check has read 13.5 and
+    16.3 ms an hour apart), so every size records it beside its latencies."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(1152, 384), (384, 384), (1536, 384), (384, 1536)] * 6
+    weights = [torch.randn(o, i, generator=gen) * 0.05 for o, i in shapes]
+    inputs = {i: torch.randn(13, i, generator=gen) for i in (384, 1536)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        for _ in range(60):
+            start = time.perf_counter()
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return round(percentile([t * 1000 for t in times[10:]], 0.5), 2)
+
+
 def chroma_floor_collection(store: Any) -> Any:
     """An empty side collection on the store's Chroma client, with the store's HNSW space, for
     timing a bare one-record ``add`` (the floor under ``add_edit``'s write)."""
@@ -266,6 +290,7 @@ def run_backend(
             "stored_edits": store.count(),
             "bulk_insert_edits_per_s": round(filled / insert_seconds, 1),
             "load_average_before": load_average(),
+            "speed_check_ms_before": speed_check_ms(),
         }
         entry["gate"] = measure_gate(store, queries)
         print(f"[{name}] {size}: gate {entry['gate']}", flush=True)
@@ -273,6 +298,7 @@ def run_backend(
         add_offset += n_add
         print(f"[{name}] {size}: add_edit {entry['add_edit']}", flush=True)
         entry["load_average_after"] = load_average()
+        entry["speed_check_ms_after"] = speed_check_ms()
         result["sizes"][str(size)] = entry
     store.close()
     return result
@@ -301,8 +327,12 @@ def markdown(payload: dict[str, Any]) -> str:
         "A fired result computes its prompt vectors when `result.prompt_vectors` is first read (what an LLM "
         "call does); the last column times that read, over the fired queries.",
         "",
-        "| backend | stored edits | p50 ms | p95 ms | CPU p50 ms | profile p50: encode query | Chroma search | re-score + records | prompt vectors on first read p50 ms (n) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "The speed check is a fixed CPU workload (MiniLM-L6's 24 weight matrices on 13 token rows, fp32, one "
+        "thread), run before and after each size: this machine's host speed drifts, and a slower check means "
+        "every latency on that row ran on a slower machine.",
+        "",
+        "| backend | stored edits | p50 ms | p95 ms | CPU p50 ms | profile p50: encode query | Chroma search | re-score + records | prompt vectors on first read p50 ms (n) | speed check ms (before / after) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for backend, res in payload["backends"].items():
         for size, e in res["sizes"].items():
@@ -311,7 +341,8 @@ def markdown(payload: dict[str, Any]) -> str:
             vectors = f"{pv['p50_ms']} ({pv['n']})" if pv else "-"
             lines.append(
                 f"| {backend} | {int(size):,} | {g['p50_ms']} | {g['p95_ms']} | {g['cpu_p50_ms']} | "
-                f"{b['encode_query']} | {b['chroma_search']} | {b['rescore_and_records']} | {vectors} |"
+                f"{b['encode_query']} | {b['chroma_search']} | {b['rescore_and_records']} | {vectors} | "
+                f"{e.get('speed_check_ms_before', '-')} / {e.get('speed_check_ms_after', '-')} |"
             )
     lines += [
         "",
