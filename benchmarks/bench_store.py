@@ -221,8 +221,8 @@ def measure_add_edit(store: Any, edits: Sequence[tuple[str, str, str | None]]) -
 
 def speed_check_ms() -> float:
     """p50 ms of a fixed CPU workload: MiniLM-L6's 24 weight matrices applied to 13 token rows
-    in fp32 on one thread. This machine's host speed drifts (the same check has read 13.5 and
-    16.3 ms an hour apart), so every size records it beside its latencies."""
+    in fp32 on one thread. This machine's host speed drifts (two back-to-back checks once read
+    16.4 and 13.8 ms), so every size records it beside its latencies."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
