@@ -20,6 +20,7 @@ and 0.69 without), and the target is what the prompt must carry.
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import torch
 from tokenizers import Tokenizer
@@ -236,8 +237,13 @@ class KnowledgeEncoder(nn.Module):
         else:
             with adapters_disabled(self.backbone):
                 hidden = self.backbone(**batch).last_hidden_state  # (B, T, H)
-        last = self._last_content_index(batch) if self.pool_last_token else None
-        return pool_features(hidden, batch["attention_mask"], last)
+        return self._pool(hidden, batch)
+
+    def _pool(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor], copies: int = 1) -> torch.Tensor:
+        """:func:`pool_features` of ``(copies * B, T, H)`` states: ``copies`` runs of ``batch`` stacked."""
+        mask = batch["attention_mask"].repeat(copies, 1)  # (copies * B, T)
+        last = self._last_content_index(batch).repeat(copies) if self.pool_last_token else None
+        return pool_features(hidden, mask, last)
 
     @staticmethod
     def _run_compiled(compiled: CompiledBertBackbone, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -259,10 +265,7 @@ class KnowledgeEncoder(nn.Module):
             features = self.features(batch)
             return features, self.code_features(batch, features)
         hidden = self._run_compiled(paired, batch)  # (2B, T, H): with adapters, then without
-        mask = batch["attention_mask"].repeat(2, 1)  # (2B, T)
-        last = self._last_content_index(batch).repeat(2) if self.pool_last_token else None
-        features = pool_features(hidden, mask, last)  # (2B, F)
-        return features.chunk(2)  # type: ignore[return-value]
+        return self._pool(hidden, batch, copies=2).chunk(2)  # type: ignore[return-value]
 
     @property
     def code_reads_base_features(self) -> bool:
@@ -276,7 +279,7 @@ class KnowledgeEncoder(nn.Module):
         with torch.no_grad():  # the base backbone is frozen
             return self.features(batch, adapters=False)
 
-    def _compiled_backbone(self, mode: str) -> CompiledBertBackbone | None:
+    def _compiled_backbone(self, mode: Literal["adapters", "base", "paired"]) -> CompiledBertBackbone | None:
         """The compiled backbone for this call, or ``None`` to run the Hugging Face forward.
 
         Args:
