@@ -200,7 +200,8 @@ def measure_add_edit(store: Any, edits: Sequence[tuple[str, str, str | None]]) -
         t0 = time.perf_counter()
         keys = store._encode_statements(store.editor, [item.statement])
         t1 = time.perf_counter()
-        store._active_heads([normalize_prompt(prompt)])  # the scan _write_batch runs (timed alone)
+        norm = normalize_prompt(prompt)  # the lookup _write_batch runs, timed alone: by id, or a metadata scan
+        store._versions([norm]) if store._fact_version_ids() else store._active_heads([norm])
         t2 = time.perf_counter()
         store._write_batch([item], keys)  # verify collection + the same lookup + one upsert
         t3 = time.perf_counter()
@@ -316,7 +317,8 @@ def markdown(payload: dict[str, Any]) -> str:
         + (", ".join(f"`{k}={v}`" for k, v in payload.get("environment", {}).items() if v is not None) or "none set")
         + ".",
         "",
-        f"Editor: {payload['editor']}. Edits: {payload['real_statements']} real CounterFact statements, "
+        f"Editor: {payload['editor']}; MiniLM weights "
+        f"{'int8 (`int8_inference=True`)' if payload.get('int8_inference') else 'float32 (the default)'}. Edits: {payload['real_statements']} real CounterFact statements, "
         "synthetic ones beyond. Keys of the pre-filled edits were computed in bulk and written through the "
         "store's batch writer (1,000 per Chroma call); add_edit and add_edits go through the public API.",
         f"1-minute load average {payload['load_average_start']} at the start, {payload['load_average_end']} at "
@@ -379,15 +381,15 @@ def markdown(payload: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             f"Bulk statement encoding (`editor.encode_statements`, batch 128; with a prompt code read from MiniLM "
-            f"without adapters, two backbone passes): {payload['bulk_encode_edits_per_s']} statements/s."
+            f"without adapters, in the same paired backbone pass): {payload['bulk_encode_edits_per_s']} statements/s."
         )
     targets = payload["targets"]
     lines += [
         "",
         "## Targets",
         "",
-        f"- add_edit p50 <= 20 ms (embedded): measured {targets['add_edit_p50_ms']} ms at "
-        f"{targets['add_edit_at']:,} stored edits -> {'met' if targets['add_edit_met'] else 'missed'}.",
+        f"- add_edit p50 <= 20 ms (embedded), at every size: the slowest p50 is {targets['add_edit_p50_ms']} ms, "
+        f"at {targets['add_edit_at']:,} stored edits -> {'met' if targets['add_edit_met'] else 'missed'}.",
         f"- gate p50 <= 15 ms at 100k (embedded): measured {targets['gate_p50_ms']} ms at "
         f"{targets['gate_at']:,} stored edits -> {'met' if targets['gate_met'] else 'missed'}.",
     ]
@@ -414,7 +416,7 @@ def auto_notes(payload: dict[str, Any]) -> list[str]:
         a, c = sizes[big]["add_edit"], sizes[big]["add_edit"]["breakdown_p50_ms"]
         notes.append(
             f"{backend}, {int(big):,} edits, add_edit profile p50: encoding {c['encode_statement']} ms, the "
-            f"supersession lookup (a metadata scan on prompt_norm) {c['supersession_lookup']} ms, the whole "
+            f"supersession lookup {c['supersession_lookup']} ms, the whole "
             f"write (lookup + one upsert) {c['write']} ms (add_edit p50 {a['p50_ms']} ms)."
         )
     return notes
@@ -433,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="results file name (default store, or store-quick)")
     parser.add_argument("--workdir", default=None, help="where the stores are built (default: a temp dir)")
     parser.add_argument("--no-key-cache", action="store_true", help="do not cache bulk-encoded keys")
+    parser.add_argument("--int8", action="store_true",
+                        help="encode with int8_inference=True (int8 MiniLM weights; default: float32)")
     args = parser.parse_args(argv)
     sizes = sorted(args.sizes or ([1000, 5000] if args.quick else [1000, 10_000, 100_000]))
     n_gates = args.gates or (30 if args.quick else 200)
@@ -459,12 +463,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError:
         editor = RecipeEditor.from_backbone(llm)
         editor_kind = "RecipeEditor.from_backbone(SmolLM2) with randomly initialised heads (no trained checkpoint yet)"
-    print(f"editor: {editor_kind}; fingerprint {editor.fingerprint}", flush=True)
+    editor.encoder.int8_inference = args.int8
+    print(f"editor: {editor_kind}; fingerprint {editor.fingerprint}; int8 {args.int8}", flush=True)
 
     n_extra = n_throughput + n_add * len(sizes)
     edits, queries, real = load_pool(max(sizes) + n_extra, n_gates)
     base, extra = edits[: max(sizes)], edits[max(sizes) :]
-    cache = None if args.no_key_cache else cache_dir() / "bench" / f"store-keys-{editor.fingerprint}-{max(sizes)}.pt"
+    key_file = f"store-keys-{editor.fingerprint}{'-int8' if args.int8 else ''}-{max(sizes)}.pt"
+    cache = None if args.no_key_cache else cache_dir() / "bench" / key_file
     encode_start = time.perf_counter()
     keys = bulk_keys(editor, [statement_of(p, t) for p, t, _ in base], cache)
     encode_seconds = time.perf_counter() - encode_start
@@ -478,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "chromadb": chromadb.__version__,
         "editor": editor_kind,
         "editor_fingerprint": editor.fingerprint,
+        "int8_inference": args.int8,
         "rep_dim": editor.config.rep_dim,
         "candidate_k": 8,
         "real_statements": min(real, max(sizes)),
@@ -511,11 +518,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["load_average_end"] = load_average()
 
     embedded = payload["backends"].get("embedded", {}).get("sizes", {})
-    first, last = (min(embedded, key=int), max(embedded, key=int)) if embedded else (None, None)
-    payload["targets"] = {
-        "add_edit_p50_ms": embedded[first]["add_edit"]["p50_ms"] if first else None,
-        "add_edit_at": int(first) if first else 0,
-        "add_edit_met": bool(first) and embedded[first]["add_edit"]["p50_ms"] <= 20,
+    last = max(embedded, key=int) if embedded else None
+    worst = max(embedded, key=lambda size: embedded[size]["add_edit"]["p50_ms"]) if embedded else None
+    payload["targets"] = {  # add_edit: the slowest p50 over all sizes
+        "add_edit_p50_ms": embedded[worst]["add_edit"]["p50_ms"] if worst else None,
+        "add_edit_at": int(worst) if worst else 0,
+        "add_edit_met": bool(worst) and embedded[worst]["add_edit"]["p50_ms"] <= 20,
         "gate_p50_ms": embedded[last]["gate"]["p50_ms"] if last else None,
         "gate_at": int(last) if last else 0,
         "gate_met": bool(last) and int(last) >= 100_000 and embedded[last]["gate"]["p50_ms"] <= 15,

@@ -108,7 +108,7 @@ class _FlatBert(nn.Module):
     With ``paired``: ``-> (2B, T, H)``, rows ``[:B]`` with the adapters, ``[B:]`` without.
     """
 
-    def __init__(self, backbone: BertModel, adapters: bool, paired: bool = False) -> None:
+    def __init__(self, backbone: BertModel, adapters: bool, paired: bool = False, int8: bool = False) -> None:
         super().__init__()
         self.paired = paired
         merged = adapters and not paired  # paired: base weights here, adapters in self.adapter
@@ -138,7 +138,7 @@ class _FlatBert(nn.Module):
             for name, layers in projections.items():
                 parts = [_linear_weights(linear, merged) for linear in layers]
                 getattr(self, name).append(
-                    _frozen_linear(torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts]))
+                    _frozen_linear(torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts]), int8)
                 )
                 if paired:
                     self.adapter[f"{name}_{i}"] = _low_rank(layers)
@@ -174,12 +174,37 @@ class _FlatBert(nn.Module):
         return x
 
 
-def _frozen_linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+def _frozen_linear(weight: torch.Tensor, bias: torch.Tensor, int8: bool = False) -> nn.Module:
+    """An inference-only linear layer; with ``int8``, one with int8 weights (see :func:`_int8_linear`)."""
+    if int8:
+        return _int8_linear(weight, bias)
     layer = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
         layer.weight.copy_(weight)
         layer.bias.copy_(bias)
     return layer.requires_grad_(False)
+
+
+def _int8_linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+    """``(..., in) -> (..., out)`` with symmetric per-output-channel int8 weights.
+
+    Each call quantises its input to 8 bits with a scale taken from that input
+    (dynamic quantisation) and runs an integer matrix product (fbgemm on x86, qnnpack on
+    ARM); the result is dequantised to float32. The weights are a quarter of the bytes,
+    which is what a 10-30-token pass on a CPU mostly spends its time reading.
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    out_features, in_features = weight.shape
+    scales = (weight.abs().amax(dim=1) / 127.5).clamp_min(1e-12).double()  # (out,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensors are deprecated, the kernels are not gone
+        qweight = torch.quantize_per_channel(
+            weight.float(), scales, torch.zeros(out_features, dtype=torch.long), 0, torch.qint8
+        )
+        layer = DynamicInt8Linear(in_features, out_features, dtype=torch.qint8)
+        layer.set_weight_bias(qweight, bias.float())
+    return layer
 
 
 def _copy_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
@@ -199,6 +224,12 @@ class CompiledBertBackbone:
         paired: Run every input both ways in one pass: the call then returns
             ``(2B, T, H)``, rows ``[:B]`` with the adapters and ``[B:]`` without
             (``adapters`` is ignored).
+        int8: Store the backbone's projection weights (Q/K/V, attention output, both
+            feed-forward layers) as per-channel int8 and quantise each call's activations
+            on the fly. About half the time of a float32 pass on a small CPU, at a small
+            cost in fidelity (hidden states are no longer equal to Hugging Face's up to
+            rounding; see ``benchmarks/results/int8_inference.md``). Embeddings, layer
+            norms and LoRA adapter terms stay float32.
 
     Raises:
         ValueError: For an unsupported backbone or one not on the CPU.
@@ -208,13 +239,16 @@ class CompiledBertBackbone:
         >>> hidden = compiled(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])  # doctest: +SKIP
     """
 
-    def __init__(self, backbone: PreTrainedModel, *, adapters: bool = True, paired: bool = False) -> None:
+    def __init__(
+        self, backbone: PreTrainedModel, *, adapters: bool = True, paired: bool = False, int8: bool = False
+    ) -> None:
         if not supports(backbone):
             raise ValueError(f"CompiledBertBackbone reproduces BertModel only; got {type(backbone).__name__}")
         if backbone.device.type != "cpu":
             raise ValueError(f"CompiledBertBackbone runs on the CPU; the backbone is on {backbone.device}")
-        flat = _FlatBert(backbone, adapters, paired).eval()
+        flat = _FlatBert(backbone, adapters, paired, int8).eval()
         self.paired = paired
+        self.int8 = int8
         example = (torch.tensor([[101, 2023, 102]]), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice

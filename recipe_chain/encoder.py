@@ -120,6 +120,12 @@ class KnowledgeEncoder(nn.Module):
             :class:`~recipe_chain.compiled_backbone.CompiledBertBackbone` (same states up to
             float rounding, about half the time per query). ``True`` by default; set it
             to ``False`` to always run the Hugging Face forward.
+        int8_inference: Compile that backbone with int8 weights and dynamically
+            quantised activations (``CompiledBertBackbone(int8=True)``): roughly half the
+            time again, at a small measured cost in retrieval quality (see
+            ``benchmarks/results/int8_inference.md``). ``False`` by default. Keys and
+            queries should come from the same setting: switching it on for a store built
+            without it moves every similarity a little (reindex to be exact).
     """
 
     def __init__(
@@ -143,13 +149,15 @@ class KnowledgeEncoder(nn.Module):
         self._special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self._backend = _plain_backend(tokenizer)
         self.compiled_inference = True
-        # "adapters" / "base" / "paired" (both in one pass) -> (weights stamp, graph)
-        self._compiled: dict[str, tuple[tuple[int, ...], CompiledBertBackbone]] = {}
+        self.int8_inference = False
+        # ("adapters" / "base" / "paired" (both in one pass), int8) -> (weights stamp, graph)
+        self._compiled: dict[tuple[str, bool], tuple[tuple[int, ...], CompiledBertBackbone]] = {}
         self.prompt_code_from_base = prompt_code_from_base
         self._backbone_params: list[nn.Parameter] | None = None  # listed once: walking the modules costs ~1 ms
         # LoRA is applied before the encoder is built (RecipeEditor does), so this is fixed
         self._has_adapters = any(isinstance(m, LoRALinear) for m in backbone.modules())
         self._compile_failed = False
+        self._int8_failed = False
         self._compilable = supports(backbone)  # the backbone module is fixed for the encoder's life
         feat = (5 if pool_last_token else 4) * backbone.config.hidden_size
         if not 0 <= prompt_code_dim < rep_dim:
@@ -298,16 +306,23 @@ class KnowledgeEncoder(nn.Module):
         if self._backbone_params is None:
             self._backbone_params = list(self.backbone.parameters())
         stamp = weights_stamp(self._backbone_params)
-        cached = self._compiled.get(mode)
+        int8 = bool(self.int8_inference) and not self._int8_failed
+        cached = self._compiled.get((mode, int8))
         if cached is None or cached[0] != stamp:
             try:
-                compiled = CompiledBertBackbone(self.backbone, adapters=mode != "base", paired=mode == "paired")
-                cached = (stamp, compiled)
+                compiled = CompiledBertBackbone(
+                    self.backbone, adapters=mode != "base", paired=mode == "paired", int8=int8
+                )
             except Exception:  # noqa: BLE001 - any failure only costs speed
+                if int8:
+                    logger.warning("Compiling an int8 backbone failed; using float32", exc_info=True)
+                    self._int8_failed = True
+                    return self._compiled_backbone(mode)
                 logger.warning("Compiling the backbone failed; using the Hugging Face forward", exc_info=True)
                 self._compile_failed = True
                 return None
-            self._compiled[mode] = cached
+            cached = (stamp, compiled)
+            self._compiled[(mode, int8)] = cached
         return cached[1]
 
     def _last_content_index(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -43,6 +43,17 @@ re-activates the one it superseded (undo). :meth:`RecipeKnowledgeStore.update_ed
 changes ``target_new`` in place: the id stays, the key is re-encoded and the old target
 is appended to ``previous_targets``.
 
+**Generated ids.** An edit added without an explicit ``edit_id`` gets 32 hex digits: the
+first 24 are a hash of its normalised prompt (its fact), the last 8 the fact's version
+number (0 for its first edit, then one above the highest stored version). Finding the
+edits a new edit supersedes is then a lookup by id, which stays under a millisecond at
+100k edits, where Chroma's metadata filter on ``prompt_norm`` scans every record (about
+15-20 ms at 100k on the benchmark machine). Versions are probed 16 ids at a time until a
+window holds none, so a version that follows 16 or more consecutive *deleted* versions of
+its fact would not be seen. Once an edit with an explicit id has been written to a
+namespace, that namespace uses the metadata filter for good (and random ids for new
+edits), as do stores created by recipe-chain versions without this scheme.
+
 **Atomicity and crashes.** Each batch of :meth:`RecipeKnowledgeStore.add_edits` (new
 edits plus the edits they supersede) is one Chroma ``upsert`` call, so a crash leaves a
 prefix of whole batches. Every input is validated (types, blanks, metadata, ids,
@@ -59,6 +70,7 @@ raise ``ValueError`` (no silent truncation: it would drop the new target).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -116,10 +128,26 @@ _C_NAMESPACE = "recipe_chain.namespace"
 # written by 0.1.0 development builds) with a warning.
 _HNSW_SPACE = "cosine"
 _ACCEPTED_SPACES = ("cosine", "ip")
+# How many records Chroma's HNSW segment takes in before it persists its index (Chroma's
+# default is 1000). Until then every write re-reads the pending part of Chroma's log, so a
+# single-record add slows down steadily between persists: on the 2-core benchmark machine
+# at 100k edits it grew from about 9 ms to 30 ms over 700 adds with 1000, and stayed at
+# 5-10 ms with 100, plus one 45-70 ms persist every 100 adds.
+_HNSW_SYNC_THRESHOLD = 100
 _C_REP_DIM = "recipe_chain.rep_dim"
 _C_REINDEX_TARGET = "recipe_chain.reindex_target"  # set while an in-place reindex runs
 _C_REINDEX_COMPLETE = "recipe_chain.reindex_complete"  # set on a finished copy before the swap
 _REINDEX_SUFFIX = "__reindex"
+# How generated edit ids are made (see "Generated ids" in the module docstring). Stores
+# created before this key existed have random ids and keep them.
+_C_ID_SCHEME = "recipe_chain.generated_ids"
+_FACT_VERSION_IDS = "fact-version"
+# Set once an edit with an explicit id was written: such an edit sits at no fact-version
+# id, so from then on supersessions are found with a metadata filter.
+_C_EXPLICIT_IDS = "recipe_chain.explicit_ids"
+_ID_FLAGS = (_C_ID_SCHEME, _C_EXPLICIT_IDS)
+_FACT_ID_HEX = 24  # hex digits of the fact hash; the other 8 hold the version
+_VERSION_WINDOW = 16  # fact-version ids probed per fact and round
 
 # Record-level metadata keys we own.
 _EDIT_ID = "edit_id"
@@ -158,6 +186,23 @@ _SEARCH_WIDEN_ROUNDS = 3
 # one SQL statement, and SQLite refuses more than 32,766 variables in a statement.
 _MAX_HITS_PER_QUERY_CALL = 4096
 _PAGE = 5000
+
+
+def fact_version_id(prompt_norm: str, version: int) -> str:
+    """The generated id of version ``version`` of the fact with normalised prompt ``prompt_norm``.
+
+    Example:
+        >>> fact_version_id("the capital of france is", 0)[-8:]
+        '00000000'
+    """
+    digest = hashlib.sha256(prompt_norm.encode("utf-8")).hexdigest()[:_FACT_ID_HEX]
+    return f"{digest}{version:08x}"
+
+
+def _oldest_first(heads: dict[str, list[_Stored]]) -> dict[str, list[_Stored]]:
+    for group in heads.values():
+        group.sort(key=lambda s: (str(s.meta.get(_CREATED, "")), s.edit_id))  # newest last
+    return heads
 
 
 def normalize_prompt(prompt: str) -> str:
@@ -385,20 +430,36 @@ class RecipeKnowledgeStore:
     def _identity_suffix(self) -> str:
         return self.namespace if self.collection_prefix == "recipe" else f"{self.collection_prefix}/{self.namespace}"
 
-    def _collection_metadata(self, fingerprint: str, rep_dim: int) -> dict[str, Any]:
+    def _collection_metadata(
+        self, fingerprint: str, rep_dim: int, ids_from: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Collection metadata; the id-scheme flags are copied from ``ids_from`` (a collection's
+        metadata), or set for a new, empty collection when it is ``None``."""
+        flags = {_C_ID_SCHEME: _FACT_VERSION_IDS} if ids_from is None else {
+            k: ids_from[k] for k in _ID_FLAGS if k in ids_from
+        }
         return {
             _C_FINGERPRINT: fingerprint,
             _C_SCHEMA: SCHEMA_VERSION,
             _C_NAMESPACE: self.namespace,
             _C_REP_DIM: rep_dim,
+            **flags,
         }
+
+    def _fact_version_ids(self) -> bool:
+        """Whether generated ids, and supersession lookups, use fact-version ids here."""
+        meta = self._collection.metadata or {}
+        return meta.get(_C_ID_SCHEME) == _FACT_VERSION_IDS and not meta.get(_C_EXPLICIT_IDS)
 
     def _create_collection(self, name: str, metadata: dict[str, Any]) -> Any:
         from chromadb.errors import ChromaError
 
         try:
             return self._client.create_collection(
-                name, configuration={"hnsw": {"space": _HNSW_SPACE}}, metadata=metadata, embedding_function=None
+                name,
+                configuration={"hnsw": {"space": _HNSW_SPACE, "sync_threshold": _HNSW_SYNC_THRESHOLD}},
+                metadata=metadata,
+                embedding_function=None,
             )
         except ChromaError as exc:
             if "already exists" not in str(exc):
@@ -686,7 +747,8 @@ class RecipeKnowledgeStore:
             target_new: The new target, e.g. ``"English"``.
             subject: The edited subject, if known.
             metadata: Your own scalar metadata (str, int, float, bool values).
-            edit_id: An explicit id; a random one (32 hex digits) by default.
+            edit_id: An explicit id; by default a generated one (32 hex digits, see
+                "Generated ids" in the module docs).
 
         Returns:
             The stored record.
@@ -782,7 +844,7 @@ class RecipeKnowledgeStore:
         return found
 
     def _active_heads(self, norms: Sequence[str]) -> dict[str, list[_Stored]]:
-        """Active stored edits per normalised prompt."""
+        """Active stored edits per normalised prompt, found with a metadata filter (a scan)."""
         heads: dict[str, list[_Stored]] = {}
         for start in range(0, len(norms), 256):
             chunk = list(norms[start : start + 256])
@@ -795,9 +857,36 @@ class RecipeKnowledgeStore:
                     heads.setdefault(meta[_PROMPT_NORM], []).append(
                         _Stored(edit_id, meta, got["documents"][i], key)
                     )
-        for group in heads.values():
-            group.sort(key=lambda s: (str(s.meta.get(_CREATED, "")), s.edit_id))  # newest last
-        return heads
+        return _oldest_first(heads)
+
+    def _versions(self, norms: Sequence[str]) -> tuple[dict[str, list[_Stored]], dict[str, int]]:
+        """Active stored edits per normalised prompt, found by their fact-version ids, and
+        each fact's next free version number.
+
+        Each round fetches the next :data:`_VERSION_WINDOW` ids of every fact whose last
+        window held a stored record (one Chroma ``get`` by ids per round).
+        """
+        heads: dict[str, list[_Stored]] = {}
+        next_free = dict.fromkeys(norms, 0)
+        probe = dict.fromkeys(norms, 0)  # fact -> first version of its next window
+        while probe:
+            ids = [fact_version_id(norm, v) for norm, first in probe.items() for v in range(first, first + _VERSION_WINDOW)]
+            got: dict[str, _Stored] = {}
+            for start in range(0, len(ids), _MAX_HITS_PER_QUERY_CALL):
+                got.update(self._fetch(ids[start : start + _MAX_HITS_PER_QUERY_CALL], keys=True))
+            further: dict[str, int] = {}
+            for norm, first in probe.items():
+                for v in range(first, first + _VERSION_WINDOW):
+                    stored = got.get(fact_version_id(norm, v))
+                    if stored is None:
+                        continue
+                    next_free[norm] = v + 1
+                    further[norm] = first + _VERSION_WINDOW
+                    # a different prompt here would be a hash collision: its id is taken, it is no version
+                    if stored.meta.get(_PROMPT_NORM) == norm and stored.meta.get(_ACTIVE, True):
+                        heads.setdefault(norm, []).append(stored)
+            probe = further
+        return _oldest_first(heads), next_free
 
     def _write_batch(self, items: Sequence[_Pending], keys: torch.Tensor) -> list[EditRecord]:
         """Write validated edits with their ``(N, d)`` keys in one Chroma call.
@@ -817,7 +906,19 @@ class RecipeKnowledgeStore:
             self._check_encoder()
             self._verify_collection()
             self._check_ids_free(items)
-            heads = self._active_heads(sorted({it.prompt_norm for it in items}))
+            norms = sorted({it.prompt_norm for it in items})
+            if any(it.explicit for it in items) and self._fact_version_ids():
+                # from now on this namespace holds an edit no fact-version id points to
+                meta = dict(self._collection.metadata or {})
+                self._collection.modify(metadata={**meta, _C_EXPLICIT_IDS: True})
+                self._verify_collection()
+            if self._fact_version_ids():
+                heads, next_free = self._versions(norms)
+                for it in items:  # none is explicit here
+                    it.edit_id = fact_version_id(it.prompt_norm, next_free[it.prompt_norm])
+                    next_free[it.prompt_norm] += 1
+            else:
+                heads = self._active_heads(norms)
             now = _utc_now()
             fingerprint = self._fingerprint
             superseded: dict[str, _Stored] = {}  # stored edits this batch deactivates
@@ -1297,7 +1398,7 @@ class RecipeKnowledgeStore:
                         metadatas=[{_FINGERPRINT: target} for _ in todo],
                     )
                 bar.update(len(got))
-        self._collection.modify(metadata=self._collection_metadata(target, new_editor.config.rep_dim))
+        self._collection.modify(metadata=self._collection_metadata(target, new_editor.config.rep_dim, meta))
         self._collection = self._client.get_collection(self._name, embedding_function=None)
 
     def _reindex_by_copy(self, new_editor: RecipeEditor, ids: list[str], batch_size: int) -> None:
@@ -1305,7 +1406,10 @@ class RecipeKnowledgeStore:
         copy_name = self._name + _REINDEX_SUFFIX
         if self._get_collection(copy_name) is not None:
             self._client.delete_collection(copy_name)  # a leftover of an interrupted attempt
-        copy = self._create_collection(copy_name, self._collection_metadata(target, new_editor.config.rep_dim))
+        source = dict(self._collection.metadata or {})
+        copy = self._create_collection(
+            copy_name, self._collection_metadata(target, new_editor.config.rep_dim, source)
+        )
         for start in range(0, len(ids), batch_size):
             got = self._fetch(ids[start : start + batch_size])
             chunk = list(got)
@@ -1317,7 +1421,7 @@ class RecipeKnowledgeStore:
                 documents=statements,
                 metadatas=[{**got[i].meta, _FINGERPRINT: target} for i in chunk],
             )
-        final_meta = self._collection_metadata(target, new_editor.config.rep_dim)
+        final_meta = self._collection_metadata(target, new_editor.config.rep_dim, source)
         copy.modify(metadata={**final_meta, _C_REINDEX_COMPLETE: True})
         self._swap_in(copy)
 

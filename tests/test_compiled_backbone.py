@@ -97,11 +97,11 @@ def test_encoder_recompiles_after_a_weight_changes(bert) -> None:
     encoder = _encoder(_with_trained_lora(model), tokenizer)
     with torch.no_grad():
         before = encoder.features(encoder.tokenize(TEXTS))
-        first = encoder._compiled["adapters"][1]
+        first = encoder._compiled[("adapters", False)][1]
         lora_b = next(p for n, p in encoder.backbone.named_parameters() if n.endswith("lora_b"))
         lora_b.add_(0.5)  # as an optimizer step would
         after = encoder.features(encoder.tokenize(TEXTS))
-    assert encoder._compiled["adapters"][1] is not first
+    assert encoder._compiled[("adapters", False)][1] is not first
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, _hf_features(encoder, TEXTS), rtol=1e-4, atol=1e-5)
 
@@ -207,3 +207,56 @@ def test_encoder_tokenizes_exactly_like_its_tokenizer(bert, texts) -> None:
     assert got.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got - expected).norm() / expected.norm())
+
+
+@pytest.mark.parametrize("paired", [False, True], ids=["adapted", "paired"])
+def test_int8_forward_stays_close_to_float32_but_is_not_it(bert, paired) -> None:
+    from recipe_chain.lora import adapters_disabled
+
+    model, tokenizer = bert
+    model = _with_trained_lora(model)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        adapted = model(**batch).last_hidden_state  # (B, T, H)
+        with adapters_disabled(model):
+            base = model(**batch).last_hidden_state
+    int8 = CompiledBertBackbone(model, paired=paired, int8=True)
+    assert int8.int8
+    got = int8(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])  # (B or 2B, T, H)
+    real, b = batch["attention_mask"].bool(), len(TEXTS)
+    expected = [adapted, base] if paired else [adapted]
+    for rows, want in zip((got[:b], got[b:]), expected):
+        err = _relative_error(rows[real], want[real])
+        assert 1e-4 < err < 0.05, err  # quantised (not float32 up to rounding), yet close
+    if paired:  # the adapter terms are kept in float32 and still tell the two halves apart
+        assert _relative_error(got[:b][real], got[b:][real]) > 5 * _relative_error(got[:b][real], adapted[real])
+
+
+def test_encoder_int8_inference_switch(bert, monkeypatch, caplog) -> None:
+    model, tokenizer = bert
+    encoder = _encoder(_with_trained_lora(model), tokenizer)
+    with torch.no_grad():
+        exact = encoder.features(encoder.tokenize(TEXTS))
+        encoder.int8_inference = True
+        quantised = encoder.features(encoder.tokenize(TEXTS))
+    assert encoder._compiled[("adapters", True)][1].int8 and not encoder._compiled[("adapters", False)][1].int8
+    assert 1e-4 < _relative_error(quantised, exact) < 0.05
+    # int8 kernels missing: the float32 graph, with a warning, and no retry on every call
+    encoder._compiled.clear()
+    original = CompiledBertBackbone.__init__
+
+    def no_int8(self, backbone, **options):  # noqa: ANN001, ANN003
+        if options.get("int8"):
+            raise RuntimeError("no quantized engine")
+        original(self, backbone, **options)
+
+    monkeypatch.setattr(CompiledBertBackbone, "__init__", no_int8)
+    with caplog.at_level(logging.WARNING, logger="recipe_chain.encoder"), torch.no_grad():
+        fallback = encoder.features(encoder.tokenize(TEXTS))
+        encoder.features(encoder.tokenize(TEXTS))
+    assert caplog.text.count("Compiling an int8 backbone failed") == 1
+    torch.testing.assert_close(fallback, exact, rtol=0, atol=0)

@@ -212,6 +212,7 @@ def test_add_get_and_chroma_layout(make_store: StoreFactory, editor: RecipeEdito
     collection = store._collection
     assert collection.name == f"recipe__{store.namespace}"
     assert collection.configuration_json["hnsw"]["space"] == "cosine"  # candidates; exact q·k re-score on the client
+    assert collection.configuration_json["hnsw"]["sync_threshold"] == 100  # see store._HNSW_SYNC_THRESHOLD
     assert collection.metadata["recipe_chain.encoder_fingerprint"] == editor.fingerprint
 
     without_subject = store.add_edit("The capital of France is", "Rome", edit_id="my-edit.1")
@@ -494,6 +495,87 @@ def test_corrections_supersede_and_undo_reactivates(make_store: StoreFactory, ed
     assert store.count(include_inactive=True) == 2
 
 
+@pytest.fixture
+def metadata_scans(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every Chroma ``get`` with a metadata filter, from any collection object."""
+    from chromadb.api.models.Collection import Collection
+
+    calls: list[dict[str, Any]] = []
+    original = Collection.get
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN001
+        if kwargs.get("where") is not None:
+            calls.append(kwargs["where"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "get", get)
+    return calls
+
+
+def test_generated_ids_are_fact_versions_and_supersession_needs_no_metadata_scan(
+    make_store: StoreFactory, editor: RecipeEditor, metadata_scans: list[dict[str, Any]]
+) -> None:
+    store = make_store(editor)
+    norm = normalize_prompt("The capital of France is")
+    rome = store.add_edit("The capital of France is", "Rome")
+    other = store.add_edit("Toko Yasuda, the", "piano")
+    lyon = store.add_edit("THE capital of France is", "Lyon")
+    batch = store.add_edits([{"prompt": "the capital of france is", "target_new": t} for t in ("Nice", "Metz")])
+    assert [r.edit_id for r in [rome, lyon, *batch]] == [store_module.fact_version_id(norm, v) for v in range(4)]
+    assert other.edit_id == store_module.fact_version_id("toko yasuda, the", 0)
+    assert len(rome.edit_id) == 32 and int(rome.edit_id, 16) >= 0
+    assert metadata_scans == []  # found by id, not by a where-filter on prompt_norm
+    assert store.get_edit(batch[0].edit_id).superseded_by == batch[1].edit_id
+    head = store.get_edit(batch[1].edit_id)
+    assert head.active and head.previous_targets == ["Rome", "Lyon", "Nice"]
+    # Versions past a probe window, and holes left by deletions, are still found.
+    many = store.add_edits([{"prompt": "The capital of France is", "target_new": f"T{i}"} for i in range(20)])
+    assert many[-1].edit_id == store_module.fact_version_id(norm, 23)
+    store.delete_edits([r.edit_id for r in many[2:12]])
+    newest = store.add_edit("The capital of France is", "Paris")
+    assert newest.edit_id == store_module.fact_version_id(norm, 24)
+    assert newest.previous_targets[-1] == "T19" and store.get_edit(many[-1].edit_id).superseded_by == newest.edit_id
+    assert store.count() == 2
+    # Undoing the newest edit frees its id for the next edit of the fact (documented).
+    store.delete_edit(newest.edit_id)
+    assert store.get_edit(many[-1].edit_id).active
+    assert store.add_edit("The capital of France is", "Lille").edit_id == newest.edit_id
+
+
+def test_an_explicit_id_switches_the_namespace_to_metadata_lookups(
+    make_store: StoreFactory, editor: RecipeEditor, metadata_scans: list[dict[str, Any]]
+) -> None:
+    store = make_store(editor, namespace="explicit")
+    generated = store.add_edit("The capital of France is", "Rome")
+    mine = store.add_edit("the capital of France is", "Lyon", edit_id="mine")
+    assert store.get_edit(generated.edit_id).superseded_by == "mine" and mine.previous_targets == ["Rome"]
+    assert store._collection.metadata["recipe_chain.explicit_ids"] is True
+    scans = len(metadata_scans)
+    assert scans >= 1
+    later = store.add_edit("The capital of France is", "Nice")  # must find the explicit-id edit
+    assert len(metadata_scans) > scans
+    assert later.edit_id != store_module.fact_version_id(normalize_prompt(later.prompt), 1)  # a random id now
+    assert store.get_edit("mine").superseded_by == later.edit_id and later.previous_targets == ["Rome", "Lyon"]
+    reopened = make_store(editor, namespace="explicit")  # a second store object on the same collection
+    assert not reopened._fact_version_ids()
+    assert reopened.add_edit("The capital of France is", "Metz").previous_targets == ["Rome", "Lyon", "Nice"]
+
+
+def test_stores_without_the_id_scheme_keep_random_ids_and_metadata_lookups(
+    make_store: StoreFactory, editor: RecipeEditor, other_editor: RecipeEditor
+) -> None:
+    store = make_store(editor, namespace="legacy")
+    meta = {k: v for k, v in store._collection.metadata.items() if k != "recipe_chain.generated_ids"}
+    store._collection.modify(metadata=meta)  # as written by recipe-chain before fact-version ids
+    legacy = make_store(editor, namespace="legacy")
+    first = legacy.add_edit("The capital of France is", "Rome")
+    second = legacy.add_edit("The capital of France is", "Lyon")
+    assert first.edit_id != store_module.fact_version_id("the capital of france is", 0)
+    assert legacy.get_edit(first.edit_id).superseded_by == second.edit_id
+    legacy.reindex(other_editor)  # the reindexed collection keeps the random-id scheme
+    assert "recipe_chain.generated_ids" not in legacy._collection.metadata and not legacy._fact_version_ids()
+
+
 @pytest.mark.parametrize("order", ["newest first", "oldest first"])
 def test_deleting_several_versions_at_once(make_store: StoreFactory, editor: RecipeEditor, order: str) -> None:
     store = make_store(editor)
@@ -656,6 +738,7 @@ def test_encoder_mismatch_and_reindex(
             call()
     stale.reindex(other_editor, batch_size=2)
     assert not stale.needs_reindex and stale.stored_fingerprint == other_editor.fingerprint
+    assert stale._fact_version_ids()  # the id scheme survives an in-place reindex
     for record in records[1:] + [superseded]:
         got = stale.get_edit(record.edit_id)
         assert got.encoder_fingerprint == other_editor.fingerprint
@@ -684,6 +767,7 @@ def test_reindex_to_another_key_width(make_store: StoreFactory, editor: RecipeEd
     records = add_facts(store)
     store.reindex(wide)
     assert store.stored_key(records[0].edit_id).shape == (48,)
+    assert store._fact_version_ids()  # and a reindex by copy
     assert store.editor is wide and store.count() == len(records)
     assert store.gate(QUERIES[0]).candidates
     assert not any(n.endswith("__reindex") for n in store.namespaces())
