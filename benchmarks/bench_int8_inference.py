@@ -2,7 +2,7 @@
 
 Builds the same T-edit CounterFact store twice (seeded shuffle of eval.json, in memory),
 once with the shipped checkpoint's MiniLM in float32 and once with int8 weights
-(``editor.encoder.int8_inference = True``: keys and queries both encoded that way). Gates
+(``editor.int8_inference = True``: keys and queries both encoded that way). Gates
 every edit prompt, its first paraphrase and its first locality (neighbour) prompt, and
 reports per setting:
 
@@ -72,7 +72,7 @@ def main() -> None:
     n = len(examples)
     runs: dict[str, dict[str, Any]] = {}
     for setting, int8 in (("float32", False), ("int8", True)):
-        editor.encoder.int8_inference = int8
+        editor.int8_inference = int8
         store = RecipeKnowledgeStore(editor, ephemeral=True, namespace=f"int8-bench-{setting}")
         records = store.add_edits([{"prompt": e.prompt, "target_new": e.target_new} for e in examples], progress=False)
         index = {r.edit_id: i for i, r in enumerate(records)}  # edit id -> example number
@@ -100,7 +100,7 @@ def main() -> None:
                 "fired": sum(hit is not None for _, hit in pairs) / n,
             }
         runs[setting] = {"figures": figures, "latency": latency, "results": results}
-    editor.encoder.int8_inference = False
+    editor.int8_inference = False
 
     agreement = {}
     for kind in KINDS:

@@ -463,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError:
         editor = RecipeEditor.from_backbone(llm)
         editor_kind = "RecipeEditor.from_backbone(SmolLM2) with randomly initialised heads (no trained checkpoint yet)"
-    editor.encoder.int8_inference = args.int8
+    editor.int8_inference = args.int8
     print(f"editor: {editor_kind}; fingerprint {editor.fingerprint}; int8 {args.int8}", flush=True)
 
     n_extra = n_throughput + n_add * len(sizes)

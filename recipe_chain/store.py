@@ -50,7 +50,8 @@ edits a new edit supersedes is then a lookup by id, which stays under a millisec
 100k edits, where Chroma's metadata filter on ``prompt_norm`` scans every record (about
 15-20 ms at 100k on the benchmark machine). Versions are probed 16 ids at a time until a
 window holds none, so a version that follows 16 or more consecutive *deleted* versions of
-its fact would not be seen. Once an edit with an explicit id has been written to a
+its fact would not be seen. Deleting a fact's newest edit frees its id, and the fact's
+next edit gets it again. Once an edit with an explicit id has been written to a
 namespace, that namespace uses the metadata filter for good (and random ids for new
 edits), as do stores created by recipe-chain versions without this scheme.
 
@@ -129,10 +130,11 @@ _C_NAMESPACE = "recipe_chain.namespace"
 _HNSW_SPACE = "cosine"
 _ACCEPTED_SPACES = ("cosine", "ip")
 # How many records Chroma's HNSW segment takes in before it persists its index (Chroma's
-# default is 1000). Until then every write re-reads the pending part of Chroma's log, so a
-# single-record add slows down steadily between persists: on the 2-core benchmark machine
-# at 100k edits it grew from about 9 ms to 30 ms over 700 adds with 1000, and stayed at
-# 5-10 ms with 100, plus one 45-70 ms persist every 100 adds.
+# default is 1000). A one-record add gets slower with every record written since the last
+# persist (it looks like a re-read of the unpersisted log; the effect is measured). Into a 100k-record collection on
+# the 2-core benchmark machine, the p50 of 50 consecutive adds rose from 16 to 42 ms over
+# 600 adds with 1000, and stayed at 14-20 ms with 100
+# (benchmarks/results/chroma_sync_threshold.md).
 _HNSW_SYNC_THRESHOLD = 100
 _C_REP_DIM = "recipe_chain.rep_dim"
 _C_REINDEX_TARGET = "recipe_chain.reindex_target"  # set while an in-place reindex runs
