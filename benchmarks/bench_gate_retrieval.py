@@ -11,18 +11,14 @@ Writes benchmarks/results/gate_retrieval.{json,md}.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write_results  # noqa: E402
+from common import counterfact_eval_sample, machine_info, write_results  # noqa: E402
 
 from recipe_chain import RecipeKnowledgeStore, load_default_editor, load_default_llm  # noqa: E402
-from recipe_chain.data import load_edit_examples  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "eval.json"
 
 
 def main() -> None:
@@ -33,9 +29,7 @@ def main() -> None:
     start = time.perf_counter()
     llm, _ = load_default_llm()
     editor = load_default_editor(llm)
-    examples = load_edit_examples(DATA)
-    random.Random(args.seed).shuffle(examples)
-    examples = examples[: args.edits]
+    examples = counterfact_eval_sample(args.edits, args.seed)
     store = RecipeKnowledgeStore(editor, ephemeral=True, namespace="gate-retrieval")
     ids = [r.edit_id for r in store.add_edits(
         [{"prompt": e.prompt, "target_new": e.target_new} for e in examples], progress=False)]

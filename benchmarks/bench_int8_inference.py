@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import sys
 import time
@@ -30,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write_results  # noqa: E402
+from common import counterfact_eval_sample, machine_info, write_results  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "eval.json"
 KINDS = ("prompt", "paraphrase", "neighbour")
 
 
@@ -56,14 +54,11 @@ def main() -> None:
     import torch
 
     from recipe_chain import RecipeKnowledgeStore, load_default_editor, load_default_llm
-    from recipe_chain.data import load_edit_examples
 
     start = time.perf_counter()
     llm, _ = load_default_llm()
     editor = load_default_editor(llm)
-    examples = load_edit_examples(DATA)
-    random.Random(args.seed).shuffle(examples)
-    examples = examples[: args.edits]
+    examples = counterfact_eval_sample(args.edits, args.seed)
     texts = {
         "prompt": [e.prompt for e in examples],
         "paraphrase": [e.paraphrases[0] for e in examples],

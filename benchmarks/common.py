@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: machine info and result writing."""
+"""Helpers shared by the benchmark scripts: machine info, result writing, the CounterFact sample."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+COUNTERFACT_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "eval.json"
+
+
+def counterfact_eval_sample(n: int, seed: int) -> list:
+    """The first ``n`` examples of ``../shared/data/counterfact/eval.json`` after a seeded shuffle."""
+    import random
+
+    from recipe_chain.data import load_edit_examples
+
+    examples = load_edit_examples(COUNTERFACT_EVAL)
+    random.Random(seed).shuffle(examples)
+    return examples[:n]
 
 
 def machine_info() -> dict[str, object]:

@@ -151,17 +151,23 @@ def test_compiled_forward_without_adapters_equals_the_base_model(bert) -> None:
     assert not torch.allclose(adapted[real], expected[real], atol=1e-3)  # the adapters do matter here
 
 
-@pytest.mark.parametrize("texts", [TEXTS[:1], TEXTS], ids=["one", "padded-batch"])
-def test_paired_forward_equals_the_adapted_and_the_base_model(bert, texts) -> None:
+def _hugging_face_states(model: BertModel, batch) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """``(B, T, H)`` last hidden states of Hugging Face's forward, with the adapters and without."""
     from recipe_chain.lora import adapters_disabled
 
+    with torch.no_grad():
+        adapted = model(**batch).last_hidden_state
+        with adapters_disabled(model):
+            base = model(**batch).last_hidden_state
+    return adapted, base
+
+
+@pytest.mark.parametrize("texts", [TEXTS[:1], TEXTS], ids=["one", "padded-batch"])
+def test_paired_forward_equals_the_adapted_and_the_base_model(bert, texts) -> None:
     model, tokenizer = bert
     model = _with_trained_lora(model)
     batch = tokenizer(texts, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        adapted = model(**batch).last_hidden_state  # (B, T, H)
-        with adapters_disabled(model):
-            base = model(**batch).last_hidden_state
+    adapted, base = _hugging_face_states(model, batch)
     got = CompiledBertBackbone(model, paired=True)(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
     b, real = len(texts), batch["attention_mask"].bool()
     assert got.shape == (2 * b, *adapted.shape[1:])
@@ -215,15 +221,10 @@ def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("paired", [False, True], ids=["adapted", "paired"])
 def test_int8_forward_stays_close_to_float32_but_is_not_it(bert, paired) -> None:
-    from recipe_chain.lora import adapters_disabled
-
     model, tokenizer = bert
     model = _with_trained_lora(model)
     batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        adapted = model(**batch).last_hidden_state  # (B, T, H)
-        with adapters_disabled(model):
-            base = model(**batch).last_hidden_state
+    adapted, base = _hugging_face_states(model, batch)
     int8 = CompiledBertBackbone(model, paired=paired, int8=True)
     assert int8.int8
     got = int8(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])  # (B or 2B, T, H)
