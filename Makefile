@@ -30,15 +30,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration and not server"
 
-# Knowledge-store benchmarks (~50 min): int8 vs float32 gate quality and encode latency
-# -> benchmarks/results/int8_inference.{json,md}; store latency with float32 MiniLM (the default)
-# -> store.{json,md}, and with int8_inference=True -> store-int8.{json,md}; Chroma one-record add latency
+# Knowledge-store benchmarks (~40 min): int8 vs float32 query encoding, gate quality and latency
+# -> benchmarks/results/int8_queries.{json,md}; store latency with float32 MiniLM (the default)
+# -> store.{json,md}, and with int8_queries=True (embedded) -> store-int8-queries.{json,md}; Chroma one-record add latency
 # vs HNSW sync_threshold -> chroma_sync_threshold.{json,md}. GOMP_SPINCOUNT=10000 is the
 # serving setting the README recommends: OpenMP's idle worker stops spinning soon and leaves the core to Chroma.
 bench-store: $(STAMP)
-	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_int8_inference.py
+	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_int8_queries.py
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py
-	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py --int8 --name store-int8
+	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py --int8-queries --backends embedded --name store-int8-queries
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_chroma_sync_threshold.py
 
 clean:

@@ -318,7 +318,7 @@ def markdown(payload: dict[str, Any]) -> str:
         + ".",
         "",
         f"Editor: {payload['editor']}; MiniLM weights "
-        f"{'int8 (`int8_inference=True`)' if payload.get('int8_inference') else 'float32 (the default)'}. Edits: {payload['real_statements']} real CounterFact statements, "
+        f"{'float32 for statements, int8 for queries (`int8_queries=True`)' if payload.get('int8_queries') else 'float32 (the default)'}. Edits: {payload['real_statements']} real CounterFact statements, "
         "synthetic ones beyond. Keys of the pre-filled edits were computed in bulk and written through the "
         "store's batch writer (1,000 per Chroma call); add_edit and add_edits go through the public API.",
         f"1-minute load average {payload['load_average_start']} at the start, {payload['load_average_end']} at "
@@ -435,8 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="results file name (default store, or store-quick)")
     parser.add_argument("--workdir", default=None, help="where the stores are built (default: a temp dir)")
     parser.add_argument("--no-key-cache", action="store_true", help="do not cache bulk-encoded keys")
-    parser.add_argument("--int8", action="store_true",
-                        help="encode with int8_inference=True (int8 MiniLM weights; default: float32)")
+    parser.add_argument("--int8-queries", action="store_true",
+                        help="encode queries with int8_queries=True (int8 MiniLM weights; default: float32)")
     args = parser.parse_args(argv)
     sizes = sorted(args.sizes or ([1000, 5000] if args.quick else [1000, 10_000, 100_000]))
     n_gates = args.gates or (30 if args.quick else 200)
@@ -463,13 +463,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError:
         editor = RecipeEditor.from_backbone(llm)
         editor_kind = "RecipeEditor.from_backbone(SmolLM2) with randomly initialised heads (no trained checkpoint yet)"
-    editor.int8_inference = args.int8
-    print(f"editor: {editor_kind}; fingerprint {editor.fingerprint}; int8 {args.int8}", flush=True)
+    editor.int8_queries = args.int8_queries
+    print(f"editor: {editor_kind}; fingerprint {editor.fingerprint}; int8 queries {args.int8_queries}", flush=True)
 
     n_extra = n_throughput + n_add * len(sizes)
     edits, queries, real = load_pool(max(sizes) + n_extra, n_gates)
     base, extra = edits[: max(sizes)], edits[max(sizes) :]
-    key_file = f"store-keys-{editor.fingerprint}{'-int8' if args.int8 else ''}-{max(sizes)}.pt"
+    key_file = f"store-keys-{editor.fingerprint}-{max(sizes)}.pt"
     cache = None if args.no_key_cache else cache_dir() / "bench" / key_file
     encode_start = time.perf_counter()
     keys = bulk_keys(editor, [statement_of(p, t) for p, t, _ in base], cache)
@@ -484,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "chromadb": chromadb.__version__,
         "editor": editor_kind,
         "editor_fingerprint": editor.fingerprint,
-        "int8_inference": args.int8,
+        "int8_queries": args.int8_queries,
         "rep_dim": editor.config.rep_dim,
         "candidate_k": 8,
         "real_statements": min(real, max(sizes)),

@@ -228,7 +228,7 @@ class CompiledBertBackbone:
             feed-forward layers) as per-channel int8 and quantise each call's activations
             on the fly. About half the time of a float32 pass on a small CPU, at a small
             cost in fidelity (hidden states are no longer equal to Hugging Face's up to
-            rounding; see ``benchmarks/results/int8_inference.md``). Embeddings, layer
+            rounding; see ``benchmarks/results/int8_queries.md``). Embeddings, layer
             norms and LoRA adapter terms stay float32.
 
     Raises:

@@ -364,27 +364,27 @@ class RecipeEditor(nn.Module):
         return self.encoder.device
 
     @property
-    def int8_inference(self) -> bool:
-        """Encode with int8 MiniLM weights on a CPU (:attr:`KnowledgeEncoder.int8_inference`).
+    def int8_queries(self) -> bool:
+        """Encode queries with int8 MiniLM weights on a CPU (:attr:`KnowledgeEncoder.int8_queries`).
 
-        ``False`` by default. ``True`` roughly halves the time of encoding a query or a
-        statement on a small CPU, at a small measured cost in gate quality (on 1,000
-        CounterFact edits, paraphrase top-1 0.980 instead of 0.987: see
-        ``benchmarks/results/int8_inference.md``). Use one setting for a store's keys and
-        its queries. It only applies where the compiled backbone does (a BERT backbone, on
-        a CPU, outside training); training always runs float32.
+        ``False`` by default. ``True`` roughly halves the time of encoding a query on a
+        small CPU, at a small measured cost in gate quality (see
+        ``benchmarks/results/int8_queries.md``). Statements, hence a store's keys and
+        prompt vectors, are always encoded in float32, so the switch can be flipped on an
+        existing store. It applies where the compiled backbone does (a BERT backbone, on
+        a CPU, outside training).
 
         Example:
-            >>> editor.int8_inference = True  # doctest: +SKIP
-            >>> store = RecipeKnowledgeStore(editor, path="kb")  # doctest: +SKIP
+            >>> editor.int8_queries = True  # doctest: +SKIP
+            >>> store.gate("What is the mother tongue of Danielle Darrieux?")  # doctest: +SKIP
         """
-        return bool(self.encoder.int8_inference)
+        return bool(self.encoder.int8_queries)
 
-    @int8_inference.setter
-    def int8_inference(self, value: bool) -> None:
+    @int8_queries.setter
+    def int8_queries(self, value: bool) -> None:
         if not isinstance(value, bool):
-            raise TypeError(f"int8_inference must be a bool, got {value!r}")
-        self.encoder.int8_inference = value
+            raise TypeError(f"int8_queries must be a bool, got {value!r}")
+        self.encoder.int8_queries = value
 
     @torch.no_grad()
     def encode_statements(self, statements: Sequence[str], batch_size: int = 64) -> torch.Tensor:

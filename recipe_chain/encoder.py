@@ -120,12 +120,12 @@ class KnowledgeEncoder(nn.Module):
             :class:`~recipe_chain.compiled_backbone.CompiledBertBackbone` (same states up to
             float rounding, about half the time per query). ``True`` by default; set it
             to ``False`` to always run the Hugging Face forward.
-        int8_inference: Compile that backbone with int8 weights and dynamically
-            quantised activations (``CompiledBertBackbone(int8=True)``): roughly half the
-            time again, at a small measured cost in retrieval quality (see
-            ``benchmarks/results/int8_inference.md``). ``False`` by default. Keys and
-            queries should come from the same setting: switching it on for a store built
-            without it moves every similarity a little (reindex to be exact).
+        int8_queries: Encode *queries* through a compiled backbone with int8 weights and
+            dynamically quantised activations (``CompiledBertBackbone(int8=True)``): about
+            half the time of the float32 graph, at a small measured cost in retrieval
+            quality (see ``benchmarks/results/int8_queries.md``). Statements (keys and
+            prompt codes) are always encoded in float32, so a store's keys do not depend
+            on this switch. ``False`` by default.
     """
 
     def __init__(
@@ -149,7 +149,7 @@ class KnowledgeEncoder(nn.Module):
         self._special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self._backend = _plain_backend(tokenizer)
         self.compiled_inference = True
-        self.int8_inference = False
+        self.int8_queries = False
         # ("adapters" / "base" / "paired" (both in one pass), int8) -> (weights stamp, graph)
         self._compiled: dict[tuple[str, bool], tuple[tuple[int, ...], CompiledBertBackbone]] = {}
         self.prompt_code_from_base = prompt_code_from_base
@@ -229,15 +229,16 @@ class KnowledgeEncoder(nn.Module):
                     f"Shorten it (a statement is '<prompt> <target_new>'). Text: {texts[i][:80]!r}"
                 )
 
-    def features(self, batch: dict[str, torch.Tensor], *, adapters: bool = True) -> torch.Tensor:
+    def features(self, batch: dict[str, torch.Tensor], *, adapters: bool = True, int8: bool = False) -> torch.Tensor:
         """``(B, 4H)`` or ``(B, 5H)`` pooled backbone features of a tokenized batch.
 
         Args:
             batch: The output of :meth:`tokenize`.
             adapters: ``False`` runs the backbone without its LoRA adapters (no gradient
                 reaches them then).
+            int8: Use the int8 compiled backbone where a compiled one is used.
         """
-        compiled = self._compiled_backbone("adapters" if adapters else "base")
+        compiled = self._compiled_backbone("adapters" if adapters else "base", int8=int8)
         if compiled is not None:
             hidden = self._run_compiled(compiled, batch)  # (B, T, H)
         elif adapters:
@@ -287,11 +288,14 @@ class KnowledgeEncoder(nn.Module):
         with torch.no_grad():  # the base backbone is frozen
             return self.features(batch, adapters=False)
 
-    def _compiled_backbone(self, mode: Literal["adapters", "base", "paired"]) -> CompiledBertBackbone | None:
+    def _compiled_backbone(
+        self, mode: Literal["adapters", "base", "paired"], *, int8: bool = False
+    ) -> CompiledBertBackbone | None:
         """The compiled backbone for this call, or ``None`` to run the Hugging Face forward.
 
         Args:
             mode: ``"adapters"``, ``"base"`` (adapters off) or ``"paired"`` (both in one pass).
+            int8: The int8 graph (float32 if int8 compiling failed before).
         """
         usable = (
             self.compiled_inference
@@ -306,7 +310,7 @@ class KnowledgeEncoder(nn.Module):
         if self._backbone_params is None:
             self._backbone_params = list(self.backbone.parameters())
         stamp = weights_stamp(self._backbone_params)
-        int8 = bool(self.int8_inference) and not self._int8_failed
+        int8 = int8 and not self._int8_failed
         cached = self._compiled.get((mode, int8))
         if cached is None or cached[0] != stamp:
             try:
@@ -368,4 +372,4 @@ class KnowledgeEncoder(nn.Module):
 
     def encode_query_batch(self, texts: list[str]) -> torch.Tensor:
         """``(B, rep_dim)`` query representations, with gradients."""
-        return self.queries_from_features(self.features(self.tokenize(texts)))
+        return self.queries_from_features(self.features(self.tokenize(texts), int8=bool(self.int8_queries)))

@@ -237,13 +237,12 @@ def test_int8_forward_stays_close_to_float32_but_is_not_it(bert, paired) -> None
         assert _relative_error(got[:b][real], got[b:][real]) > 5 * _relative_error(got[:b][real], adapted[real])
 
 
-def test_encoder_int8_inference_switch(bert, monkeypatch, caplog) -> None:
+def test_encoder_int8_features(bert, monkeypatch, caplog) -> None:
     model, tokenizer = bert
     encoder = _encoder(_with_trained_lora(model), tokenizer)
     with torch.no_grad():
         exact = encoder.features(encoder.tokenize(TEXTS))
-        encoder.int8_inference = True
-        quantised = encoder.features(encoder.tokenize(TEXTS))
+        quantised = encoder.features(encoder.tokenize(TEXTS), int8=True)
     assert encoder._compiled[("adapters", True)][1].int8 and not encoder._compiled[("adapters", False)][1].int8
     assert 1e-4 < _relative_error(quantised, exact) < 0.05
     # int8 kernels missing: the float32 graph, with a warning, and no retry on every call
@@ -257,7 +256,7 @@ def test_encoder_int8_inference_switch(bert, monkeypatch, caplog) -> None:
 
     monkeypatch.setattr(CompiledBertBackbone, "__init__", no_int8)
     with caplog.at_level(logging.WARNING, logger="recipe_chain.encoder"), torch.no_grad():
-        fallback = encoder.features(encoder.tokenize(TEXTS))
-        encoder.features(encoder.tokenize(TEXTS))
+        fallback = encoder.features(encoder.tokenize(TEXTS), int8=True)
+        encoder.features(encoder.tokenize(TEXTS), int8=True)
     assert caplog.text.count("Compiling an int8 backbone failed") == 1
     torch.testing.assert_close(fallback, exact, rtol=0, atol=0)

@@ -186,23 +186,23 @@ def test_fingerprint_tracks_weights(llm, backbone) -> None:
     assert editor.fingerprint != before
 
 
-def test_int8_inference_switch_changes_encodings_slightly_and_not_the_fingerprint(llm, backbone) -> None:
+def test_int8_queries_change_queries_slightly_and_never_keys(llm, backbone) -> None:
     editor = make_editor(llm, backbone)
-    assert editor.int8_inference is False
+    assert editor.int8_queries is False
     texts = ["The capital of France is Rome", "Who wrote Hamlet?"]
     fingerprint = editor.fingerprint
     exact_keys, exact_queries = editor.encode_statements(texts), editor.encode_queries(texts)
-    editor.int8_inference = True
-    assert editor.encoder.int8_inference is True
-    keys, queries = editor.encode_statements(texts), editor.encode_queries(texts)
-    for got, exact in ((keys, exact_keys), (queries, exact_queries)):
-        assert not torch.equal(got, exact)
-        assert float(torch.nn.functional.cosine_similarity(got, exact).min()) > 0.95
-    assert editor.fingerprint == fingerprint  # the same trained weights: stores still open
-    editor.int8_inference = False
-    torch.testing.assert_close(editor.encode_statements(texts), exact_keys, rtol=0, atol=0)
+    editor.int8_queries = True
+    assert editor.encoder.int8_queries is True
+    queries = editor.encode_queries(texts)
+    assert not torch.equal(queries, exact_queries)
+    assert float(torch.nn.functional.cosine_similarity(queries, exact_queries).min()) > 0.95
+    torch.testing.assert_close(editor.encode_statements(texts), exact_keys, rtol=0, atol=0)  # keys stay float32
+    assert editor.fingerprint == fingerprint
+    editor.int8_queries = False
+    torch.testing.assert_close(editor.encode_queries(texts), exact_queries, rtol=0, atol=0)
     with pytest.raises(TypeError, match="bool"):
-        editor.int8_inference = "yes"  # type: ignore[assignment]
+        editor.int8_queries = "yes"  # type: ignore[assignment]
 
 
 def test_mismatched_llm_raises_naming_both(llm, backbone, tmp_path) -> None:

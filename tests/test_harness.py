@@ -553,19 +553,19 @@ def test_cli_reads_every_format(fmt, patched_cli, tmp_path, capsys):
     assert (out / "metrics_vs_T.png").exists() and (out / "results.md").exists()
 
 
-def test_cli_int8_switches_the_editor_and_is_recorded(patched_cli, models, tmp_path):
+def test_cli_int8_queries_switches_the_editor_and_is_recorded(patched_cli, models, tmp_path):
     path, _ = _write_formats(tmp_path)["counterfact_flat"]
     editor = models[2]
     out = tmp_path / "out"
     try:
         code = main(["eval", "--data", str(path), "--edits", "2", "--dev-size", "1", "--general-n", "0",
                      "--latency-samples", "1", "--gate-latency-samples", "1", "--gen-tokens", "2", "--t-grid", "1",
-                     "--methods", "recipe", "--no-plots", "--int8", "--out", str(out)])
-        assert code == 0 and editor.int8_inference is True
+                     "--methods", "recipe", "--no-plots", "--int8-queries", "--out", str(out)])
+        assert code == 0 and editor.int8_queries is True
     finally:
-        editor.int8_inference = False
+        editor.int8_queries = False
     raw = json.loads((out / "results.json").read_text())
-    assert raw["config"]["int8_inference"] is True and " --int8" in raw["config"]["command"]
+    assert raw["config"]["int8_queries"] is True and " --int8-queries" in raw["config"]["command"]
 
 
 def test_cli_global_checkpoint_option_reaches_eval():
@@ -596,8 +596,8 @@ def test_cli_user_errors_exit_2(tmp_path, monkeypatch, capsys):
     assert "No RECIPE checkpoint" in err and "--allow-untrained" in err
     assert main(["eval", "--data", str(path), "--edits", "2", "--resume", "--ephemeral-store"]) == 2
     assert "--resume needs" in capsys.readouterr().err
-    assert main(["eval", "--data", str(path), "--edits", "2", "--resume", "--int8"]) == 2
-    assert "--int8 cannot --resume" in capsys.readouterr().err
+    assert main(["eval", "--data", str(path), "--edits", "2", "--resume", "--int8-queries"]) == 2
+    assert "--int8-queries cannot --resume" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------- real store

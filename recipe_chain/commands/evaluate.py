@@ -144,9 +144,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots.")
     p.add_argument("--no-progress", action="store_true", help="No progress bars (they go to stderr).")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads.")
-    p.add_argument("--int8", action="store_true",
-                   help="Encode keys and queries with int8 MiniLM weights (RecipeEditor.int8_inference; not with "
-                   "--resume).")
+    p.add_argument("--int8-queries", action="store_true",
+                   help="Encode queries with int8 MiniLM weights (RecipeEditor.int8_queries; not with --resume).")
     p.set_defaults(func=run_eval)
 
 
@@ -286,7 +285,7 @@ def _command_line(args: argparse.Namespace, cfg: Any, out: Path, checkpoint: str
             parts += [f"--{flag.replace('_', '-')}", str(value)]
     if args.t_grid is not None:
         parts += ["--t-grid", ",".join(map(str, args.t_grid))]
-    for flag in ("quick", "allow_untrained", "ephemeral_store", "resume", "no_plots", "no_progress", "int8"):
+    for flag in ("quick", "allow_untrained", "ephemeral_store", "resume", "no_plots", "no_progress", "int8_queries"):
         if getattr(args, flag):
             parts.append(f"--{flag.replace('_', '-')}")
     parts += ["--out", str(out)]
@@ -305,8 +304,8 @@ def run_eval(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.resume and args.ephemeral_store:
         raise ValueError("--resume needs the on-disk store; drop --ephemeral-store")
-    if args.resume and args.int8:
-        raise ValueError("--int8 cannot --resume: the partial results do not record how their keys were encoded")
+    if args.resume and args.int8_queries:
+        raise ValueError("--int8-queries cannot --resume: the partial results do not record how queries were encoded")
     data = Path(args.data).expanduser()
     if not data.is_file():
         raise FileNotFoundError(f"No data file at {data}")
@@ -338,7 +337,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     checkpoint = getattr(args, "checkpoint", None)
     llm, tokenizer, editor, model_info = load_eval_models(checkpoint, args.llm, allow_untrained=args.allow_untrained)
-    editor.int8_inference = bool(args.int8)
+    editor.int8_queries = bool(args.int8_queries)
     factory = make_store_factory(editor, cfg, path=None if args.ephemeral_store else out / "store")
     run_info = {
         "command": _command_line(args, cfg, out, checkpoint),
@@ -348,7 +347,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "checkpoint": model_info["checkpoint"],
         "trained": model_info["trained"],
         "llm_spec": args.llm,
-        "int8_inference": bool(args.int8),
+        "int8_queries": bool(args.int8_queries),
         "store": "ephemeral" if args.ephemeral_store else str(out / "store"),
         "git_commit": _git_commit(),
     }

@@ -1,21 +1,20 @@
-"""What ``int8_inference=True`` costs and saves: gate quality and encode latency, float32 vs int8.
+"""What ``int8_queries=True`` costs and saves: gate quality and query-encoding latency.
 
-Builds the same T-edit CounterFact store twice (seeded shuffle of eval.json, in memory),
-once with the shipped checkpoint's MiniLM in float32 and once with int8 weights
-(``editor.int8_inference = True``: keys and queries both encoded that way). Gates
-every edit prompt, its first paraphrase and its first locality (neighbour) prompt, and
-reports per setting:
+Adds T CounterFact edits (seeded shuffle of eval.json) to an in-memory store with the
+shipped checkpoint (keys are always float32), then gates every edit prompt, its first
+paraphrase and its first locality (neighbour) prompt twice: with float32 queries and with
+int8 ones (``editor.int8_queries = True``). Reports per setting:
 
 * top-1: the right edit is the best candidate;
 * correct fire: the gate admits the right edit;
 * fired: the gate admits anything (for neighbours this is a false fire);
 * agreement between the settings: same gate decision, same top-1 edit.
 
-Latency: p50 wall time of encoding one query and one statement (``editor.encode_queries``
-/ ``encode_statements``, batch of 1), after warm-up, with torch's default threads.
+Latency: p50 wall time of encoding one query (``editor.encode_queries``, batch of 1),
+after warm-up, with torch's default threads.
 
-Run:  GOMP_SPINCOUNT=10000 .venv/bin/python benchmarks/bench_int8_inference.py [--edits 1000]
-Writes benchmarks/results/int8_inference.{json,md}.
+Run:  GOMP_SPINCOUNT=10000 .venv/bin/python benchmarks/bench_int8_queries.py [--edits 1000]
+Writes benchmarks/results/int8_queries.{json,md}.
 """
 
 from __future__ import annotations
@@ -65,12 +64,12 @@ def main() -> None:
         "neighbour": [e.locality[0].prompt for e in examples],
     }
     n = len(examples)
+    store = RecipeKnowledgeStore(editor, ephemeral=True, namespace="int8-queries-bench")
+    records = store.add_edits([{"prompt": e.prompt, "target_new": e.target_new} for e in examples], progress=False)
+    index = {r.edit_id: i for i, r in enumerate(records)}  # edit id -> example number
     runs: dict[str, dict[str, Any]] = {}
     for setting, int8 in (("float32", False), ("int8", True)):
-        editor.int8_inference = int8
-        store = RecipeKnowledgeStore(editor, ephemeral=True, namespace=f"int8-bench-{setting}")
-        records = store.add_edits([{"prompt": e.prompt, "target_new": e.target_new} for e in examples], progress=False)
-        index = {r.edit_id: i for i, r in enumerate(records)}  # edit id -> example number
+        editor.int8_queries = int8
         results: dict[str, list[tuple[int | None, int | None]]] = {}  # kind -> (top-1, admitted) example numbers
         for kind in KINDS:
             out = []
@@ -79,13 +78,9 @@ def main() -> None:
                     top = index[r.candidates[0].record.edit_id] if r.candidates else None
                     out.append((top, index[r.hit.edit_id] if r.hit else None))
             results[kind] = out
-        store.close()
-        query, statement = texts["paraphrase"][0], f"{examples[0].prompt} {examples[0].target_new}"
+        query = texts["paraphrase"][0]
         with torch.no_grad():
-            latency = {
-                "encode_query_p50_ms": latency_ms(lambda: editor.encode_queries([query]), args.calls),
-                "encode_statement_p50_ms": latency_ms(lambda: editor.encode_statements([statement]), args.calls),
-            }
+            latency = {"encode_query_p50_ms": latency_ms(lambda: editor.encode_queries([query]), args.calls)}
         figures = {}
         for kind in KINDS:
             pairs = results[kind]
@@ -95,7 +90,8 @@ def main() -> None:
                 "fired": sum(hit is not None for _, hit in pairs) / n,
             }
         runs[setting] = {"figures": figures, "latency": latency, "results": results}
-    editor.int8_inference = False
+    editor.int8_queries = False
+    store.close()
 
     agreement = {}
     for kind in KINDS:
@@ -104,7 +100,7 @@ def main() -> None:
             "same_gate_decision": sum((x[1] is None) == (y[1] is None) for x, y in zip(a, b)) / n,
             "same_top1": sum(x[0] == y[0] for x, y in zip(a, b)) / n,
         }
-    command = "GOMP_SPINCOUNT=10000 .venv/bin/python benchmarks/bench_int8_inference.py " + " ".join(sys.argv[1:])
+    command = "GOMP_SPINCOUNT=10000 .venv/bin/python benchmarks/bench_int8_queries.py " + " ".join(sys.argv[1:])
     payload = {
         "command": command.strip(),
         "edits": n,
@@ -119,13 +115,13 @@ def main() -> None:
     }
     f32, i8 = runs["float32"], runs["int8"]
     md = [
-        f"# int8 MiniLM inference vs float32, T = {n} CounterFact edits",
+        f"# int8 vs float32 query encoding, T = {n} CounterFact edits",
         "",
         f"`{payload['command']}`; checkpoint `{editor.fingerprint}`; {payload['torch_threads']} torch threads; "
         f"{payload['machine']['date']}.",
         "",
-        "Keys and queries are both encoded with the setting of their column. Neighbour rows: `fired` is a "
-        "false fire.",
+        "One store, float32 keys; the queries are encoded with the setting of their column. Neighbour rows: "
+        "`fired` is a false fire.",
         "",
         "| gated text | figure | float32 | int8 | same decision / same top-1 |",
         "|---|---|---|---|---|",
@@ -143,10 +139,8 @@ def main() -> None:
         "| latency (p50, one text) | float32 ms | int8 ms |",
         "|---|---|---|",
         f"| encode one query | {f32['latency']['encode_query_p50_ms']} | {i8['latency']['encode_query_p50_ms']} |",
-        f"| encode one statement (key + prompt code) | {f32['latency']['encode_statement_p50_ms']} | "
-        f"{i8['latency']['encode_statement_p50_ms']} |",
     ]
-    write_results("int8_inference", payload, "\n".join(md))
+    write_results("int8_queries", payload, "\n".join(md))
     print("\n".join(md))
 
 
