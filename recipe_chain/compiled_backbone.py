@@ -226,8 +226,8 @@ class CompiledBertBackbone:
             (``adapters`` is ignored).
         int8: Store the backbone's projection weights (Q/K/V, attention output, both
             feed-forward layers) as per-channel int8 and quantise each call's activations
-            on the fly. About half the time of a float32 pass on a small CPU, at a small
-            cost in fidelity (hidden states are no longer equal to Hugging Face's up to
+            on the fly. About 60 % of the time of a float32 pass for one query on a small
+            CPU, at a small cost in fidelity (hidden states are no longer equal to Hugging Face's up to
             rounding; see ``benchmarks/results/int8_queries.md``). Embeddings, layer
             norms and LoRA adapter terms stay float32.
 
