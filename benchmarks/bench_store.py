@@ -200,8 +200,7 @@ def measure_add_edit(store: Any, edits: Sequence[tuple[str, str, str | None]]) -
         t0 = time.perf_counter()
         keys = store._encode_statements(store.editor, [item.statement])
         t1 = time.perf_counter()
-        norm = normalize_prompt(prompt)  # the lookup _write_batch runs, timed alone: by id, or a metadata scan
-        store._versions([norm]) if store._fact_version_ids() else store._active_heads([norm])
+        store._stored_heads([normalize_prompt(prompt)])  # the lookup _write_batch runs, timed alone
         t2 = time.perf_counter()
         store._write_batch([item], keys)  # verify collection + the same lookup + one upsert
         t3 = time.perf_counter()

@@ -369,8 +369,8 @@ class RecipeEditor(nn.Module):
 
         ``False`` by default. ``True`` encodes a query in about 60 % of the time on a
         small CPU (7.4 instead of 11.6 ms on the benchmark machine), at a small measured
-        cost in gate quality (see
-        ``benchmarks/results/int8_queries.md``). Statements, hence a store's keys and
+        cost in gate quality (see ``benchmarks/results/int8_queries.md``). Statements,
+        hence a store's keys and
         prompt vectors, are always encoded in float32, so the switch can be flipped on an
         existing store. It applies where the compiled backbone does (a BERT backbone, on
         a CPU, outside training).

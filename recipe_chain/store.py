@@ -861,6 +861,13 @@ class RecipeKnowledgeStore:
                     )
         return _oldest_first(heads)
 
+    def _stored_heads(self, norms: Sequence[str]) -> tuple[dict[str, list[_Stored]], dict[str, int] | None]:
+        """The supersession lookup of a write: active stored edits per normalised prompt, and
+        each fact's next free version where generated ids are fact-version ids (else ``None``)."""
+        if self._fact_version_ids():
+            return self._versions(norms)
+        return self._active_heads(norms), None
+
     def _versions(self, norms: Sequence[str]) -> tuple[dict[str, list[_Stored]], dict[str, int]]:
         """Active stored edits per normalised prompt, found by their fact-version ids, and
         each fact's next free version number.
@@ -872,14 +879,16 @@ class RecipeKnowledgeStore:
         next_free = dict.fromkeys(norms, 0)
         probe = dict.fromkeys(norms, 0)  # fact -> first version of its next window
         while probe:
-            ids = [fact_version_id(norm, v) for norm, first in probe.items() for v in range(first, first + _VERSION_WINDOW)]
+            windows = {norm: [fact_version_id(norm, v) for v in range(first, first + _VERSION_WINDOW)]
+                       for norm, first in probe.items()}
+            ids = [i for window in windows.values() for i in window]
             got: dict[str, _Stored] = {}
             for start in range(0, len(ids), _MAX_HITS_PER_QUERY_CALL):
                 got.update(self._fetch(ids[start : start + _MAX_HITS_PER_QUERY_CALL], keys=True))
             further: dict[str, int] = {}
             for norm, first in probe.items():
-                for v in range(first, first + _VERSION_WINDOW):
-                    stored = got.get(fact_version_id(norm, v))
+                for v, edit_id in enumerate(windows[norm], start=first):
+                    stored = got.get(edit_id)
                     if stored is None:
                         continue
                     next_free[norm] = v + 1
@@ -914,13 +923,11 @@ class RecipeKnowledgeStore:
                 meta = dict(self._collection.metadata or {})
                 self._collection.modify(metadata={**meta, _C_EXPLICIT_IDS: True})
                 self._verify_collection()
-            if self._fact_version_ids():
-                heads, next_free = self._versions(norms)
+            heads, next_free = self._stored_heads(norms)
+            if next_free is not None:
                 for it in items:  # none is explicit here
                     it.edit_id = fact_version_id(it.prompt_norm, next_free[it.prompt_norm])
                     next_free[it.prompt_norm] += 1
-            else:
-                heads = self._active_heads(norms)
             now = _utc_now()
             fingerprint = self._fingerprint
             superseded: dict[str, _Stored] = {}  # stored edits this batch deactivates
