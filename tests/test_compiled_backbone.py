@@ -260,3 +260,30 @@ def test_encoder_int8_features(bert, monkeypatch, caplog) -> None:
         encoder.features(encoder.tokenize(TEXTS), int8=True)
     assert caplog.text.count("Compiling an int8 backbone failed") == 1
     torch.testing.assert_close(fallback, exact, rtol=0, atol=0)
+
+
+def test_int8_linear_keeps_8_bit_activations_and_7_bit_weights() -> None:
+    """The int8 layer spends its bits where a BERT's error comes from: the activations.
+
+    PyTorch's dynamic ``Linear`` quantises activations to 7 bits (``reduce_range``); ours
+    keeps all 8 and takes the bit from the per-channel weights instead, which cannot
+    saturate fbgemm's int16 pair sums on CPUs without VNNI (2 * 255 * 63 < 2**15).
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as TorchDynamicLinear
+
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(96, 64, generator=generator) * 0.1, torch.randn(96, generator=generator)
+    x = torch.randn(12, 64, generator=generator)  # (T, in)
+    x[:, 5] *= 25.0  # an outlier channel, as BERT's hidden states have
+    exact = torch.nn.functional.linear(x, weight, bias)
+    ours = compiled_backbone._int8_linear(weight, bias)
+    qweight, _ = torch.ops.quantized.linear_unpack(ours.packed)
+    assert qweight.int_repr().abs().max() <= 64
+    torch_layer = TorchDynamicLinear(64, 96, dtype=torch.qint8)
+    torch_layer.set_weight_bias(torch.quantize_per_tensor(weight, float(weight.abs().max()) / 127, 0, torch.qint8), bias)
+    ours_err, torch_err = _relative_error(ours(x), exact), _relative_error(torch_layer(x), exact)
+    assert ours_err < 0.6 * torch_err, (ours_err, torch_err)
+    # all-positive inputs against all-positive weights at full scale: no int16 saturation
+    extreme = torch.full((3, 64), 4.0)
+    saturating = compiled_backbone._int8_linear(torch.full((8, 64), 0.5), torch.zeros(8))
+    assert _relative_error(saturating(extreme), torch.full((3, 8), 128.0)) < 0.01
