@@ -40,6 +40,7 @@ bench-store: $(STAMP)
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py --int8-queries --backends embedded --name store-int8-queries
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_chroma_sync_threshold.py
+	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_add_edit_floor.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
