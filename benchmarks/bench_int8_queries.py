@@ -30,11 +30,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import warnings
-from collections.abc import Iterator
 import statistics
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 

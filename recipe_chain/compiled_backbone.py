@@ -188,8 +188,9 @@ def _frozen_linear(weight: torch.Tensor, bias: torch.Tensor, int8: bool = False)
 # Weights use 7 of their 8 bits (|w| <= 63) so that activations can use all 8 (0..255):
 # on x86 CPUs without VNNI, fbgemm sums pairs of uint8 x int8 products in int16, and
 # 2 * 255 * 63 < 2**15 cannot saturate. PyTorch's own dynamic ``Linear`` does the
-# opposite (7-bit activations, ``reduce_range=True``), which on MiniLM doubles the error
-# of a query representation (mean relative error 0.156 vs 0.086 against float32).
+# opposite (7-bit activations, ``reduce_range=True``), which on the shipped MiniLM nearly
+# doubles the error of a query representation (mean relative error 0.166 vs 0.092 against
+# float32, benchmarks/results/int8_queries.md).
 _INT8_WEIGHT_LEVELS = 63.5
 
 
