@@ -205,6 +205,28 @@ def test_int8_queries_change_queries_slightly_and_never_keys(llm, backbone) -> N
         editor.int8_queries = "yes"  # type: ignore[assignment]
 
 
+@pytest.mark.parametrize("prompt_code_dim", [0, 6])  # 6: keys come from the paired (adapters + base) pass
+def test_int8_statements_change_keys_slightly_and_never_queries(llm, backbone, prompt_code_dim) -> None:
+    editor = make_editor(llm, backbone, prompt_code_dim=prompt_code_dim)
+    assert editor.int8_statements is False and editor.statement_precision() == "float32"
+    texts = ["The capital of France is Rome", "Danielle Darrieux speaks English"]
+    exact_keys, exact_queries = editor.encode_statements(texts), editor.encode_queries(texts)
+    editor.int8_statements = True
+    assert editor.statement_precision() == "int8"
+    keys = editor.encode_statements(texts)
+    assert not torch.equal(keys, exact_keys)
+    assert float(torch.nn.functional.cosine_similarity(keys, exact_keys).min()) > 0.95
+    torch.testing.assert_close(editor.encode_queries(texts), exact_queries, rtol=0, atol=0)  # queries stay float32
+    editor.encoder.compiled_inference = False  # no compiled graph: float32, and precision says so
+    assert editor.statement_precision() == "float32"
+    torch.testing.assert_close(editor.encode_statements(texts), exact_keys, rtol=1e-4, atol=1e-5)
+    editor.encoder.compiled_inference = True
+    editor.int8_statements = False
+    torch.testing.assert_close(editor.encode_statements(texts), exact_keys, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="bool"):
+        editor.int8_statements = 1  # type: ignore[assignment]
+
+
 def test_mismatched_llm_raises_naming_both(llm, backbone, tmp_path) -> None:
     editor = make_editor(llm, backbone)
     editor.save_pretrained(tmp_path / "ckpt")

@@ -553,19 +553,25 @@ def test_cli_reads_every_format(fmt, patched_cli, tmp_path, capsys):
     assert (out / "metrics_vs_T.png").exists() and (out / "results.md").exists()
 
 
-def test_cli_int8_queries_switches_the_editor_and_is_recorded(patched_cli, models, tmp_path):
+@pytest.mark.parametrize("flag", ["int8_queries", "int8_statements"])
+def test_cli_int8_flags_switch_the_editor_and_are_recorded(patched_cli, models, tmp_path, flag, capsys):
     path, _ = _write_formats(tmp_path)["counterfact_flat"]
     editor = models[2]
     out = tmp_path / "out"
+    option = "--" + flag.replace("_", "-")
     try:
         code = main(["eval", "--data", str(path), "--edits", "2", "--dev-size", "1", "--general-n", "0",
                      "--latency-samples", "1", "--gate-latency-samples", "1", "--gen-tokens", "2", "--t-grid", "1",
-                     "--methods", "recipe", "--no-plots", "--int8-queries", "--out", str(out)])
-        assert code == 0 and editor.int8_queries is True
+                     "--methods", "recipe", "--no-plots", option, "--out", str(out)])
+        assert code == 0 and getattr(editor, flag) is True
+        other = {"int8_queries": "int8_statements", "int8_statements": "int8_queries"}[flag]
+        assert getattr(editor, other) is False
     finally:
-        editor.int8_queries = False
+        editor.int8_queries = editor.int8_statements = False
     raw = json.loads((out / "results.json").read_text())
-    assert raw["config"]["int8_queries"] is True and " --int8-queries" in raw["config"]["command"]
+    assert raw["config"][flag] is True and f" {option}" in raw["config"]["command"]
+    assert main(["eval", "--data", str(path), "--edits", "2", option, "--resume", "--out", str(out)]) == 2
+    assert f"{option} cannot --resume" in capsys.readouterr().err
 
 
 def test_cli_global_checkpoint_option_reaches_eval():

@@ -146,6 +146,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads.")
     p.add_argument("--int8-queries", action="store_true",
                    help="Encode queries with int8 MiniLM weights (RecipeEditor.int8_queries; not with --resume).")
+    p.add_argument("--int8-statements", action="store_true",
+                   help="Encode statements (keys) with int8 MiniLM weights (RecipeEditor.int8_statements; "
+                   "not with --resume).")
     p.set_defaults(func=run_eval)
 
 
@@ -285,7 +288,8 @@ def _command_line(args: argparse.Namespace, cfg: Any, out: Path, checkpoint: str
             parts += [f"--{flag.replace('_', '-')}", str(value)]
     if args.t_grid is not None:
         parts += ["--t-grid", ",".join(map(str, args.t_grid))]
-    for flag in ("quick", "allow_untrained", "ephemeral_store", "resume", "no_plots", "no_progress", "int8_queries"):
+    for flag in ("quick", "allow_untrained", "ephemeral_store", "resume", "no_plots", "no_progress", "int8_queries",
+                 "int8_statements"):
         if getattr(args, flag):
             parts.append(f"--{flag.replace('_', '-')}")
     parts += ["--out", str(out)]
@@ -304,8 +308,11 @@ def run_eval(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.resume and args.ephemeral_store:
         raise ValueError("--resume needs the on-disk store; drop --ephemeral-store")
-    if args.resume and args.int8_queries:
-        raise ValueError("--int8-queries cannot --resume: the partial results do not record how queries were encoded")
+    for flag, what in (("int8_queries", "queries"), ("int8_statements", "statements")):
+        if args.resume and getattr(args, flag):
+            raise ValueError(
+                f"--{flag.replace('_', '-')} cannot --resume: the partial results do not record how {what} were encoded"
+            )
     data = Path(args.data).expanduser()
     if not data.is_file():
         raise FileNotFoundError(f"No data file at {data}")
@@ -338,6 +345,7 @@ def run_eval(args: argparse.Namespace) -> int:
     checkpoint = getattr(args, "checkpoint", None)
     llm, tokenizer, editor, model_info = load_eval_models(checkpoint, args.llm, allow_untrained=args.allow_untrained)
     editor.int8_queries = bool(args.int8_queries)
+    editor.int8_statements = bool(args.int8_statements)
     factory = make_store_factory(editor, cfg, path=None if args.ephemeral_store else out / "store")
     run_info = {
         "command": _command_line(args, cfg, out, checkpoint),
@@ -348,6 +356,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "trained": model_info["trained"],
         "llm_spec": args.llm,
         "int8_queries": bool(args.int8_queries),
+        "int8_statements": bool(args.int8_statements),
         "store": "ephemeral" if args.ephemeral_store else str(out / "store"),
         "git_commit": _git_commit(),
     }
