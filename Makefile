@@ -39,6 +39,7 @@ bench-store: $(STAMP)
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_int8_queries.py
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py --int8-queries --backends embedded --name store-int8-queries
+	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py --int8-queries --int8-statements --write-behind --backends embedded --name store-write-behind
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_chroma_sync_threshold.py
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_add_edit_floor.py
 

@@ -32,6 +32,8 @@ class EditRecord(BaseModel):
         superseded_by: The id of the edit that superseded this one.
         previous_targets: Older targets of the same fact, oldest first.
         encoder_fingerprint: Fingerprint of the editor that computed the stored key.
+        key_precision: ``"float32"``, or ``"int8"`` for a key encoded with the editor's
+            ``int8_statements`` on.
 
     Example:
         >>> record = store.add_edit("The mother tongue of Danielle Darrieux is", "English")  # doctest: +SKIP
@@ -53,6 +55,7 @@ class EditRecord(BaseModel):
     superseded_by: str | None = None
     previous_targets: list[str] = Field(default_factory=list)
     encoder_fingerprint: str
+    key_precision: str = "float32"
 
 
 class GateCandidate(BaseModel):

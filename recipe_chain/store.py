@@ -15,7 +15,9 @@ sees another namespace's edits):
 * **metadata**: ``edit_id``, ``namespace``, ``prompt``, ``prompt_norm`` (see below),
   ``target_new``, ``subject`` (omitted when ``None``), ``created_at``, ``active``,
   ``superseded_by`` (omitted when ``None``), ``previous_targets`` (a JSON list),
-  ``encoder_fingerprint``, and the user's metadata under ``user.<key>``.
+  ``encoder_fingerprint``, ``key_precision`` (``"float32"``, or ``"int8"`` when the
+  editor's ``int8_statements`` was on; absent means float32), and the user's metadata
+  under ``user.<key>``.
 
 The collection's own metadata records the encoder fingerprint of the editor that wrote
 the keys. Opening it with another editor raises :class:`EncoderMismatchError`; the way
@@ -23,8 +25,10 @@ out is :meth:`RecipeKnowledgeStore.open_for_reindex` followed by
 :meth:`RecipeKnowledgeStore.reindex`, which re-encodes every statement.
 
 **Prompt vectors** are not stored: they are derived from the stored key,
-``editor.prompt_vectors(key[None])[0]``. The key is stored as float32, exactly as the
-editor computed it, so after a reopen (in any process) the vectors are bit-identical.
+``editor.prompt_vectors(key[None])[0]``. The key is the float32 vector Chroma returns
+(its cosine index may change the last bits of the editor's output when it takes a key
+in: up to about 1e-7 relative), so after a reopen (in any process) the vectors are
+bit-identical.
 
 **The gate** (:meth:`RecipeKnowledgeStore.gate`): the query is encoded by the query
 head; Chroma returns the approximate top ``candidate_k`` active edits with their keys;
@@ -61,6 +65,17 @@ prefix of whole batches. Every input is validated (types, blanks, metadata, ids,
 statement length) before the first batch is written, so bad input never leaves a
 partial import. A failed call leaves the store's content as it was.
 
+**Write-behind** (``write_behind=True``, embedded stores): a write returns once the
+Chroma upsert it would make is committed to a SQLite journal in the store's directory; a
+background thread writes journal entries to Chroma. Until then the edits are gated,
+queried and fetched from an in-memory overlay (with the editor's exact keys; Chroma's
+rounding above applies once written), and superseding, undo and corrections work as
+usual. ``list_edits``, ``count``, ``update_edit``, deletions, ``clear`` and ``reindex``
+first write everything pending; :meth:`RecipeKnowledgeStore.flush` does only that. A
+failed Chroma write is retried and loses nothing; a store opened on a path whose journal
+holds entries (its writer was killed) writes them first. Other store objects see a
+pending edit once it is written. See :mod:`recipe_chain.write_behind`.
+
 **Threads.** Writes (and the read-modify-write of a supersession) are serialised by a
 lock per store; gates and queries run concurrently. Writers in *different processes*
 on one namespace are not serialised against each other.
@@ -92,6 +107,16 @@ from recipe_chain.editor import RecipeEditor, statement_of
 from recipe_chain.errors import DuplicateEditError, EditNotFoundError, EncoderMismatchError, RecipeChainError
 from recipe_chain.gate import admits, rank, rescore, sentinel_similarity
 from recipe_chain.records import EditRecord, GateCandidate, GateResult, ScalarMeta
+from recipe_chain.write_behind import (
+    JOURNAL_FILE,
+    EditJournal,
+    PendingRecord,
+    UpsertBatch,
+    WriteBehindQueue,
+    WriterLock,
+    lock_path,
+    merged,
+)
 
 if TYPE_CHECKING:
     import chromadb.api
@@ -163,6 +188,7 @@ _ACTIVE = "active"
 _SUPERSEDED_BY = "superseded_by"
 _PREVIOUS = "previous_targets"
 _FINGERPRINT = "encoder_fingerprint"
+_KEY_PRECISION = "key_precision"
 
 # Record fields a ``list_edits(where=...)`` filter may name, and their metadata keys.
 _WHERE_FIELDS = {
@@ -175,6 +201,7 @@ _WHERE_FIELDS = {
     "active": _ACTIVE,
     "superseded_by": _SUPERSEDED_BY,
     "encoder_fingerprint": _FINGERPRINT,
+    "key_precision": _KEY_PRECISION,
 }
 _WHERE_LOGICAL = ("$and", "$or")
 _EDIT_KEYS = frozenset({"prompt", "target_new", "subject", "metadata", "edit_id"})
@@ -332,11 +359,17 @@ class RecipeKnowledgeStore:
         allow_reindex: Open a store written by another encoder without raising; every
             operation that needs keys then raises until :meth:`reindex` is called.
             :meth:`open_for_reindex` is the same with a clearer name.
+        write_behind: Return from writes once they are committed to a local journal,
+            and let a background thread write them to Chroma (see
+            :mod:`recipe_chain.write_behind`). Pending edits are gated and fetched like
+            stored ones. Needs ``path`` (the journal lives in the store's directory).
+            :meth:`flush` waits for Chroma; :meth:`close` flushes.
 
     Raises:
         EncoderMismatchError: If the namespace was written by an editor with another
             fingerprint (and ``allow_reindex`` is false).
-        ValueError: For an invalid namespace, prefix or option, or more than one backend.
+        ValueError: For an invalid namespace, prefix or option, more than one backend,
+            or ``write_behind`` without ``path``.
 
     Example:
         >>> from recipe_chain.store import RecipeKnowledgeStore
@@ -360,6 +393,7 @@ class RecipeKnowledgeStore:
         gate_margin: float = 0.0,
         candidate_k: int = 8,
         allow_reindex: bool = False,
+        write_behind: bool = False,
     ) -> None:
         if not isinstance(editor, RecipeEditor):
             raise TypeError(f"editor must be a RecipeEditor, got {type(editor).__name__}")
@@ -374,6 +408,12 @@ class RecipeKnowledgeStore:
             raise ValueError(f"gate_margin must be a finite number, got {gate_margin!r}")
         if isinstance(candidate_k, bool) or not isinstance(candidate_k, int) or candidate_k < 1:
             raise ValueError(f"candidate_k must be a positive int, got {candidate_k!r}")
+        if not isinstance(write_behind, bool):
+            raise TypeError(f"write_behind must be a bool, got {type(write_behind).__name__}")
+        if write_behind and (client is not None or ephemeral):
+            raise ValueError(
+                "write_behind=True needs an embedded store (path=): its journal lives in the store's directory"
+            )
         self.editor = editor
         self.use_gate = use_gate
         self.gate_margin = float(gate_margin)
@@ -384,6 +424,8 @@ class RecipeKnowledgeStore:
         self._closed = False
         self._sentinel_cache: tuple[str, torch.Tensor] | None = None
         self._stale = False
+        self._queue: WriteBehindQueue | None = None
+        self._writer_lock: WriterLock | None = None
 
         import chromadb  # imported here: no import-time side effects for users who never open a store
 
@@ -401,7 +443,19 @@ class RecipeKnowledgeStore:
             self._client = chromadb.PersistentClient(path=str(resolved))
             self.identity = f"chroma:persistent:{resolved}#{self._identity_suffix()}"
         try:
+            if write_behind:
+                assert self.path is not None
+                lock = WriterLock(lock_path(self.path, self._name))
+                if not lock.acquire():
+                    raise RecipeChainError(
+                        f"Another write-behind store (in this or another process) has namespace {namespace!r} of "
+                        f"{self.path} open; close it first, or open this one without write_behind"
+                    )
+                self._writer_lock = lock
             self._collection = self._open_collection(allow_reindex)
+            if write_behind:
+                assert self.path is not None
+                self._queue = WriteBehindQueue(EditJournal(self.path / JOURNAL_FILE, self._name), self._upsert_now)
         except BaseException:
             self._release_client()
             raise
@@ -484,6 +538,7 @@ class RecipeKnowledgeStore:
             collection = self._recover_swap()
         if collection is None:
             collection = self._create_collection(self._name, self._collection_metadata(current, rep_dim))
+        self._replay_journal(collection)
         meta = dict(collection.metadata or {})
         space = (getattr(collection, "configuration_json", None) or {}).get("hnsw") or {}
         if space.get("space", _HNSW_SPACE) not in _ACCEPTED_SPACES:
@@ -523,6 +578,39 @@ class RecipeKnowledgeStore:
         logger.warning("Store %s needs a reindex: %s", self.identity, self._mismatch_message(str(stored), current, pending))
         self._stale = True
         return collection
+
+    def _replay_journal(self, collection: Any) -> None:
+        """Write journal entries left by a write-behind store that ended before its writer
+        caught up (see :mod:`recipe_chain.write_behind`)."""
+        if self.path is None or not (self.path / JOURNAL_FILE).is_file():
+            return
+        lock = None
+        if self._writer_lock is None:  # else this store is the namespace's writer
+            lock = WriterLock(lock_path(self.path, self._name))
+            if not lock.acquire():
+                logger.info("A live write-behind store holds %s; its journal entries are its to write", self.identity)
+                return
+        journal = EditJournal(self.path / JOURNAL_FILE, self._name)
+        try:
+            entries = journal.entries()
+            if entries:
+                batch = merged(entries)
+                logger.warning(
+                    "Writing %d journaled record(s) of %s to Chroma: the store that wrote them closed before "
+                    "they were written", len(batch), self.identity,
+                )
+                for start in range(0, len(batch), _PAGE):
+                    collection.upsert(
+                        ids=batch.ids[start : start + _PAGE],
+                        embeddings=batch.embeddings[start : start + _PAGE],
+                        metadatas=batch.metadatas[start : start + _PAGE],
+                        documents=batch.documents[start : start + _PAGE],
+                    )
+                journal.remove_through(entries[-1][0])
+        finally:
+            journal.close()
+            if lock is not None:
+                lock.release()
 
     def _recover_swap(self) -> Any | None:
         """Finish a dimension-changing reindex that was interrupted between delete and rename."""
@@ -711,11 +799,21 @@ class RecipeKnowledgeStore:
             superseded_by=meta.get(_SUPERSEDED_BY),
             previous_targets=json.loads(meta.get(_PREVIOUS) or "[]"),
             encoder_fingerprint=str(meta.get(_FINGERPRINT, "")),
+            key_precision=str(meta.get(_KEY_PRECISION, "float32")),
         )
 
     def _fetch(self, ids: Sequence[str], *, keys: bool = False) -> dict[str, _Stored]:
         if not ids:
             return {}
+        overlay = self._overlay()
+        out = self._fetch_chroma(ids, keys=keys)
+        for edit_id in ids:
+            pending = overlay.get(edit_id)
+            if pending is not None:
+                out[edit_id] = _from_pending(edit_id, pending)
+        return out
+
+    def _fetch_chroma(self, ids: Sequence[str], *, keys: bool = False) -> dict[str, _Stored]:
         include = ["metadatas", "documents"] + (["embeddings"] if keys else [])
         got = self._collection.get(ids=list(ids), include=include)
         out: dict[str, _Stored] = {}
@@ -838,15 +936,17 @@ class RecipeKnowledgeStore:
             )
 
     def _existing_ids(self, ids: Sequence[str]) -> list[str]:
-        found: list[str] = []
+        overlay = self._overlay()
+        found: list[str] = [i for i in ids if i in overlay]
         for start in range(0, len(ids), _PAGE):
             chunk = list(ids[start : start + _PAGE])
             if chunk:
-                found += self._collection.get(ids=chunk, include=[])["ids"]
+                found += [i for i in self._collection.get(ids=chunk, include=[])["ids"] if i not in overlay]
         return found
 
     def _active_heads(self, norms: Sequence[str]) -> dict[str, list[_Stored]]:
         """Active stored edits per normalised prompt, found with a metadata filter (a scan)."""
+        overlay = self._overlay()
         heads: dict[str, list[_Stored]] = {}
         for start in range(0, len(norms), 256):
             chunk = list(norms[start : start + 256])
@@ -854,11 +954,15 @@ class RecipeKnowledgeStore:
             got = self._collection.get(where=where, include=["metadatas", "documents", "embeddings"])
             for i, edit_id in enumerate(got["ids"]):
                 meta = dict(got["metadatas"][i] or {})
-                if meta.get(_ACTIVE, True):
+                if meta.get(_ACTIVE, True) and edit_id not in overlay:
                     key = torch.from_numpy(np.asarray(got["embeddings"][i], dtype=np.float32))
                     heads.setdefault(meta[_PROMPT_NORM], []).append(
                         _Stored(edit_id, meta, got["documents"][i], key)
                     )
+        wanted = set(norms)
+        for edit_id, pending in overlay.items():
+            if pending.meta.get(_PROMPT_NORM) in wanted and pending.meta.get(_ACTIVE, True):
+                heads.setdefault(pending.meta[_PROMPT_NORM], []).append(_from_pending(edit_id, pending))
         return _oldest_first(heads)
 
     def _stored_heads(self, norms: Sequence[str]) -> tuple[dict[str, list[_Stored]], dict[str, int] | None]:
@@ -930,6 +1034,7 @@ class RecipeKnowledgeStore:
                     next_free[it.prompt_norm] += 1
             now = _utc_now()
             fingerprint = self._fingerprint
+            precision = self.editor.statement_precision()
             superseded: dict[str, _Stored] = {}  # stored edits this batch deactivates
             # The active edits of each fact, oldest first (normally at most one).
             current: dict[str, list[_Pending | _Stored]] = {norm: list(group) for norm, group in heads.items()}
@@ -954,6 +1059,7 @@ class RecipeKnowledgeStore:
                     _ACTIVE: True,
                     _PREVIOUS: json.dumps(previous),
                     _FINGERPRINT: fingerprint,
+                    _KEY_PRECISION: precision,
                 }
                 if it.subject is not None:
                     meta[_SUBJECT] = it.subject
@@ -965,16 +1071,57 @@ class RecipeKnowledgeStore:
             embeddings = np.concatenate(
                 [keys.numpy()] + ([torch.stack([s.key for s in old]).numpy()] if old else [])  # type: ignore[misc]
             )
-            self._collection.upsert(
-                ids=ids,
-                embeddings=embeddings,
-                metadatas=[it.chroma_meta for it in items] + [s.meta for s in old],
-                documents=[it.statement for it in items] + [s.document for s in old],
+            self._upsert(
+                UpsertBatch(
+                    ids=ids,
+                    embeddings=embeddings,
+                    metadatas=[it.chroma_meta for it in items] + [s.meta for s in old],
+                    documents=[it.statement for it in items] + [s.document for s in old],
+                )
             )
             if old:
                 logger.info("Superseded %d edit(s) in %s", len(old), self.identity)
         new = [self._record(it.edit_id, it.chroma_meta, it.statement) for it in items]
         return new, [self._record(s.edit_id, s.meta, s.document) for s in old]
+
+    def _upsert(self, batch: UpsertBatch) -> None:
+        """Write ``batch``: to the write-behind journal, or to Chroma directly."""
+        if self._queue is not None:
+            self._queue.append(batch)
+        else:
+            self._upsert_now(batch)
+
+    def _upsert_now(self, batch: UpsertBatch) -> None:
+        self._collection.upsert(
+            ids=batch.ids, embeddings=batch.embeddings, metadatas=batch.metadatas, documents=batch.documents
+        )
+
+    def flush(self) -> None:
+        """Write every pending write-behind edit to Chroma before returning (a no-op
+        without ``write_behind``).
+
+        Raises:
+            Exception: What the Chroma write raised; the edits stay journaled, visible to
+                this store's gate, and are written by a later flush or a reopen.
+        """
+        self._check_open()
+        if self._queue is not None:
+            self._queue.drain()
+
+    @property
+    def pending_writes(self) -> int:
+        """Write-behind records journaled but not yet in Chroma (0 without ``write_behind``)."""
+        return self._queue.pending if self._queue is not None else 0
+
+    def _settle(self) -> None:
+        """Before reading or changing records in Chroma directly: write what is pending."""
+        if self._queue is not None:
+            self._queue.drain()
+
+    def _overlay(self) -> dict[str, PendingRecord]:
+        """Pending write-behind records by id; take it *before* reading Chroma, so that a
+        record the writer moves meanwhile is seen in one place or the other."""
+        return self._queue.overlay() if self._queue is not None else {}
 
     def update_edit(self, edit_id: str, *, target_new: str) -> EditRecord:
         """Change an active edit's target in place.
@@ -991,6 +1138,7 @@ class RecipeKnowledgeStore:
         self._check_encoder()
         target_new = _check_text(target_new, "target_new")
         with self._lock:
+            self._settle()
             self._check_encoder()
             self._verify_collection()
             stored = self._fetch_one(edit_id)
@@ -1007,6 +1155,7 @@ class RecipeKnowledgeStore:
                 _TARGET: target_new,
                 _PREVIOUS: json.dumps(json.loads(meta.get(_PREVIOUS) or "[]") + [str(meta[_TARGET])]),
                 _FINGERPRINT: self._fingerprint,
+                _KEY_PRECISION: self.editor.statement_precision(),
             }
             self._collection.update(
                 ids=[stored.edit_id], embeddings=keys.numpy(), documents=[statement], metadatas=[changes]
@@ -1040,6 +1189,7 @@ class RecipeKnowledgeStore:
             raise TypeError("edit_ids must be a sequence of ids, not a single str")
         ids = list(dict.fromkeys(_check_edit_id(i) for i in edit_ids))
         with self._lock:
+            self._settle()
             found = self._fetch(ids)
             missing = [i for i in ids if i not in found]
             if missing:
@@ -1079,6 +1229,7 @@ class RecipeKnowledgeStore:
         """Delete every edit of this namespace (the collection and its settings stay)."""
         self._check_open()
         with self._lock:
+            self._settle()
             while True:
                 ids = self._collection.get(include=[], limit=_PAGE)["ids"]
                 if not ids:
@@ -1127,6 +1278,7 @@ class RecipeKnowledgeStore:
             raise ValueError(f"offset must be a non-negative int, got {offset!r}")
         if limit == 0:
             return []
+        self._settle()
         clauses = [] if where is None else [_translate_where(where)]
         if not include_inactive:
             clauses.append({_ACTIVE: True})
@@ -1141,6 +1293,7 @@ class RecipeKnowledgeStore:
     def count(self, include_inactive: bool = False) -> int:
         """Number of edits: active ones, or all with ``include_inactive``."""
         self._check_open()
+        self._settle()
         total = self._collection.count()
         if include_inactive or total == 0:
             return total
@@ -1213,6 +1366,7 @@ class RecipeKnowledgeStore:
         slower); superseded edits are dropped here, and a query that lost candidates to
         them is asked again for more (after a few rounds, with an ``active`` filter).
         """
+        overlay = self._overlay()
         out: list[list[_Stored]] = [[] for _ in range(reps.shape[0])]
         pending = list(range(reps.shape[0]))
         fetch = n
@@ -1257,7 +1411,7 @@ class RecipeKnowledgeStore:
             pending = retry
             rounds += 1
             fetch *= 4
-        return out
+        return _merge_pending(reps, out, overlay, n) if overlay else out
 
     def _check_candidate_fingerprints(self, metas: Sequence[Mapping[str, Any] | None]) -> None:
         for meta in metas:
@@ -1364,6 +1518,7 @@ class RecipeKnowledgeStore:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self._check_open()
         with self._lock:
+            self._settle()
             target = new_editor.fingerprint
             ids = self._all_ids()
             statements: list[str] = []
@@ -1391,6 +1546,7 @@ class RecipeKnowledgeStore:
         meta = dict(self._collection.metadata or {})
         if meta.get(_C_FINGERPRINT) != target:
             self._collection.modify(metadata={**meta, _C_REINDEX_TARGET: target})
+        precision = new_editor.statement_precision()
         from tqdm.auto import tqdm
 
         with tqdm(total=len(ids), desc="Reindexing", unit="edit", disable=len(ids) < _PROGRESS_THRESHOLD) as bar:
@@ -1404,7 +1560,7 @@ class RecipeKnowledgeStore:
                         ids=todo,
                         embeddings=keys.numpy(),
                         documents=statements,
-                        metadatas=[{_FINGERPRINT: target} for _ in todo],
+                        metadatas=[{_FINGERPRINT: target, _KEY_PRECISION: precision} for _ in todo],
                     )
                 bar.update(len(got))
         self._collection.modify(metadata=self._collection_metadata(target, new_editor.config.rep_dim, meta))
@@ -1419,6 +1575,7 @@ class RecipeKnowledgeStore:
         copy = self._create_collection(
             copy_name, self._collection_metadata(target, new_editor.config.rep_dim, source)
         )
+        precision = new_editor.statement_precision()
         for start in range(0, len(ids), batch_size):
             got = self._fetch(ids[start : start + batch_size])
             chunk = list(got)
@@ -1428,7 +1585,7 @@ class RecipeKnowledgeStore:
                 ids=chunk,
                 embeddings=keys.numpy(),
                 documents=statements,
-                metadatas=[{**got[i].meta, _FINGERPRINT: target} for i in chunk],
+                metadatas=[{**got[i].meta, _FINGERPRINT: target, _KEY_PRECISION: precision} for i in chunk],
             )
         final_meta = self._collection_metadata(target, new_editor.config.rep_dim, source)
         copy.modify(metadata={**final_meta, _C_REINDEX_COMPLETE: True})
@@ -1453,14 +1610,24 @@ class RecipeKnowledgeStore:
         return RecipeKnowledgeRetriever(store=self, **kwargs)
 
     def close(self) -> None:
-        """Release the store (and the Chroma client it created). Idempotent."""
+        """Write what is pending (``write_behind``), release the store and the Chroma client
+        it created. Idempotent.
+
+        A pending write that fails here stays in the journal, and the next store opened
+        on the path writes it (a warning says so).
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            if self._queue is not None:
+                self._queue.close()
             self._release_client()
 
     def _release_client(self) -> None:
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
         if self._owns_client:
             closer = getattr(self._client, "close", None)
             if callable(closer):
@@ -1518,3 +1685,36 @@ def _client_identity(client: Any, name: str) -> str:
     if getattr(settings, "is_persistent", False):
         return f"chroma:persistent:{Path(settings.persist_directory).resolve()}#{suffix}"
     return f"chroma:ephemeral#{suffix}"
+
+
+def _from_pending(edit_id: str, pending: PendingRecord) -> _Stored:
+    """A pending write-behind record as a :class:`_Stored` (its own copies: callers mutate)."""
+    return _Stored(edit_id, dict(pending.meta), pending.document, torch.from_numpy(pending.key.copy()))
+
+
+def _merge_pending(
+    reps: torch.Tensor, found: list[list[_Stored]], overlay: Mapping[str, PendingRecord], n: int
+) -> list[list[_Stored]]:
+    """Chroma's candidates per query, with pending write-behind records applied: a pending
+    version replaces Chroma's (and drops it if inactive), and the pending active records
+    compete for the ``n`` places by cosine similarity, the candidate index's measure."""
+    active = [(i, p) for i, p in overlay.items() if p.meta.get(_ACTIVE, True)]
+    out: list[list[_Stored]] = []
+    for qi, candidates in enumerate(found):
+        merged_: dict[str, _Stored] = {}
+        for stored in candidates:
+            pending = overlay.get(stored.edit_id)
+            if pending is None:
+                merged_[stored.edit_id] = stored
+            elif pending.meta.get(_ACTIVE, True):
+                merged_[stored.edit_id] = _from_pending(stored.edit_id, pending)
+        for edit_id, pending in active:
+            if edit_id not in merged_:
+                merged_[edit_id] = _from_pending(edit_id, pending)
+        pool = list(merged_.values())
+        if len(pool) > n:
+            keys = torch.stack([s.key for s in pool])  # type: ignore[misc]  # (K, d)
+            cosine = torch.nn.functional.cosine_similarity(keys, reps[qi][None], dim=-1)  # (K,)
+            pool = [pool[i] for i in torch.argsort(cosine, descending=True, stable=True)[:n].tolist()]
+        out.append(pool)
+    return out

@@ -218,8 +218,12 @@ def test_sigkill_during_add_edits_leaves_a_consistent_prefix(checkpoint: Path, t
 
 
 # ---------------------------------------------------------------------------- threads
-def test_concurrent_writers_and_gates(llm, backbone_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("write_behind", [False, True], ids=["direct", "write-behind"])
+def test_concurrent_writers_and_gates(llm, backbone_dir: Path, tmp_path: Path, write_behind: bool) -> None:  # noqa: ANN001
     """4 threads add edits while 4 threads gate, for STRESS_SECONDS.
+
+    Every gate of an added edit's statement must return that edit, also while a
+    write-behind store has not written it to Chroma yet.
 
     An untrained encoder does not map a prompt near its own statement's key, so the
     editor here is the "mirror" editor (query head = knowledge head, equal key norms):
@@ -227,7 +231,9 @@ def test_concurrent_writers_and_gates(llm, backbone_dir: Path, tmp_path: Path) -
     own prompt is checked through the metadata (``list_edits(where={"prompt": ...})``).
     """
     editor = mirror_editor(llm, backbone_dir, seed=0)
-    store = RecipeKnowledgeStore(editor, path=tmp_path / "store", namespace="stress", candidate_k=8)
+    store = RecipeKnowledgeStore(
+        editor, path=tmp_path / "store", namespace="stress", candidate_k=8, write_behind=write_behind
+    )
     added: list[Any] = []
     added_lock = threading.Lock()
     errors: list[BaseException] = []
@@ -259,6 +265,8 @@ def test_concurrent_writers_and_gates(llm, backbone_dir: Path, tmp_path: Path) -
                 text = pick.statement if pick is not None else "Is anything stored yet?"
                 result = store.gate(text) if rng.random() < 0.5 else store.gate_batch([text, "Who wrote Hamlet?"])[0]
                 assert result.query == text
+                if pick is not None:
+                    assert result.hit is not None and result.hit.edit_id == pick.edit_id, text
                 gates[0] += 1
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
