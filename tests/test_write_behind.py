@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,6 +144,33 @@ def test_a_failed_chroma_write_keeps_the_edit_and_is_retried(held) -> None:  # n
     writer.release()
     store.flush()
     assert store.pending_writes == 0 and store._collection.count() == 1
+
+
+def test_the_writer_commits_in_groups(editor: RecipeEditor, tmp_path: Path) -> None:
+    store = RecipeKnowledgeStore(editor, path=tmp_path / "store", write_behind=True)
+    queue = store._queue
+    assert queue is not None
+    sizes: list[int] = []
+    real = queue._write
+
+    def counting(batch: UpsertBatch) -> None:
+        sizes.append(len(batch))
+        real(batch)
+
+    queue._write = counting
+    queue.delay_s, queue.group_records = 60.0, 5  # only a full group starts a write
+    for i in range(5):
+        store.add_edit(f"Grouped fact {i} is", f"value {i}")
+    deadline = time.monotonic() + 30
+    while store.pending_writes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sizes == [5] and store.pending_writes == 0  # one upsert for the group, without a flush
+    queue.delay_s = 0.2  # a lone edit waits at most delay_s
+    store.add_edit("A lone fact is", "alone")
+    while store.pending_writes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sizes == [5, 1]
+    store.close()
 
 
 def test_large_imports_apply_back_pressure(editor: RecipeEditor, tmp_path: Path) -> None:
