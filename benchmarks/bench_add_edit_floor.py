@@ -10,7 +10,7 @@ Chroma's write path does not depend on their values; the store's HNSW settings),
 * ``encode``: ``editor.encode_statements([statement])`` for a real CounterFact statement;
 * ``paired backbone pass``: only the compiled MiniLM pass inside ``encode``
   (:class:`~recipe_chain.compiled_backbone.CompiledBertBackbone` with ``paired=True``), in
-  float32 and, for comparison, in int8 (which the store does not use for statements);
+  float32 (the default) and in int8 (what ``int8_statements=True`` runs);
 * ``add (id + key)``: Chroma adds a record with nothing but its id and key;
 * ``add (+ statement)``: the same with the statement as its document;
 * ``add (+ statement + metadata)``: the same with the store's ten metadata fields, as
@@ -142,7 +142,7 @@ def main() -> None:
         f"chromadb {chromadb.__version__}; {payload['machine']['date']}.",
         "",
         f"{args.calls} calls of each part, taking turns. `encode` is the store's float32 statement pass for one "
-        "real CounterFact statement; the backbone passes are the compiled MiniLM pass inside it (float32, as the store runs it; int8, which the store does not use for statements); each `add` is one Chroma `add` call of one record into the filled persistent "
+        "real CounterFact statement; the backbone passes are the compiled MiniLM pass inside it (float32, the default; int8, what `int8_statements=True` runs); each `add` is one Chroma `add` call of one record into the filled persistent "
         "collection (the store's HNSW settings).",
         "",
         "| part | p50 ms | p95 ms |",
