@@ -83,6 +83,7 @@ class RecipeEditedModelBase(GenerationSettings):
         *,
         namespace: str = "default",
         ephemeral: bool = False,
+        write_behind: bool = False,
         **kwargs: Any,
     ) -> Self:
         """The default LLM, the shipped checkpoint and an embedded Chroma store.
@@ -91,6 +92,9 @@ class RecipeEditedModelBase(GenerationSettings):
             store_path: Directory of the persistent store (the store's default, ``./recipe-store``).
             namespace: Store namespace.
             ephemeral: Keep the store in memory instead (``store_path`` must be None).
+            write_behind: Open the persistent store with ``write_behind=True`` (journaled
+                edits, Chroma written in the background; see
+                :class:`~recipe_chain.store.RecipeKnowledgeStore`).
             **kwargs: Other fields, e.g. ``max_new_tokens=16``.
 
         Raises:
@@ -104,7 +108,9 @@ class RecipeEditedModelBase(GenerationSettings):
             raise ValueError("Pass store_path or ephemeral=True, not both")
         llm, tokenizer = loading.load_default_llm()
         editor = defaults.load_default_editor(llm)
-        store = RecipeKnowledgeStore(editor, path=store_path, namespace=namespace, ephemeral=ephemeral)
+        store = RecipeKnowledgeStore(
+            editor, path=store_path, namespace=namespace, ephemeral=ephemeral, write_behind=write_behind
+        )
         return cls(store=store, llm=llm, tokenizer=tokenizer, editor=editor, **kwargs)
 
     @property

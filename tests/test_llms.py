@@ -292,6 +292,15 @@ def test_from_defaults_wires_the_defaults(monkeypatch, tmp_path):
     llm.store.close()
     with pytest.raises(ValueError, match="not both"):
         RecipeEditedLLM.from_defaults(tmp_path / "x", ephemeral=True)
+    fast = RecipeEditedLLM.from_defaults(tmp_path / "fast", write_behind=True)
+    assert fast.store._queue is not None
+    fast.store._queue.delay_s = 60.0  # the edit stays pending: the gate must read it from the overlay
+    fast.store.add_edit(EDITED, "English")
+    assert fast.store.pending_writes == 1 and fast.store._collection.count() == 0
+    assert info_of(fast, EDITED)["hit_similarity"] is not None
+    fast.store.close()
+    with pytest.raises(ValueError, match="write_behind=True needs an embedded store"):
+        RecipeEditedLLM.from_defaults(ephemeral=True, write_behind=True)
 
 
 # ---------------------------------------------------------------------- real default LLM
