@@ -332,7 +332,10 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [
         "# Knowledge-store benchmark",
         "",
-        f"`{payload['command']}` on {m['cpu_count']} CPUs ({m['processor']}), torch {m['torch']} with "
+        f"`{payload['command']}` on {m['cpu_count']} CPUs ({m['processor']}"
+        + (f", {m['cpu_model']}" if m.get("cpu_model") else "")
+        + (f", {m['cpu_capability']}" if m.get("cpu_capability") else "")
+        + f"), torch {m['torch']} with "
         f"{payload['torch_threads']} intra-op thread(s), chromadb {payload['chromadb']}, {m['date']}.",
         "OpenMP/MKL environment: "
         + (", ".join(f"`{k}={v}`" for k, v in payload.get("environment", {}).items() if v is not None) or "none set")

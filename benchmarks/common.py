@@ -26,6 +26,17 @@ def counterfact_eval_sample(n: int, seed: int) -> list:
     return examples[:n]
 
 
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def machine_info() -> dict[str, object]:
     import torch
 
@@ -39,6 +50,8 @@ def machine_info() -> dict[str, object]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the widest SIMD torch dispatches to
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "git_commit": commit,
