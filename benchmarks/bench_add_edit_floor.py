@@ -21,7 +21,7 @@ The calls take turns so that host drift hits every part alike. The floor is the 
 validation, no supersession lookup and no metadata at all.
 
 Run:  GOMP_SPINCOUNT=10000 .venv/bin/python benchmarks/bench_add_edit_floor.py
-Writes benchmarks/results/add_edit_floor.{json,md}.
+Writes benchmarks/results/add_edit_floor.{json,md} (``--name`` picks another name).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=100_000, help="records in the collection before the timed calls")
     parser.add_argument("--calls", type=int, default=200, help="timed calls of each part")
     parser.add_argument("--workdir", default=None, help="where the collection is built (default: a temp dir)")
+    parser.add_argument("--name", default="add_edit_floor", help="results file name (default add_edit_floor)")
     args = parser.parse_args()
     import chromadb
     import numpy as np
@@ -139,7 +140,8 @@ def main() -> None:
         f"# The floor under `add_edit`, {args.size:,} stored records",
         "",
         f"`{payload['command']}`; checkpoint `{editor.fingerprint}`; {payload['torch_threads']} torch threads; "
-        f"chromadb {chromadb.__version__}; {payload['machine']['date']}.",
+        f"chromadb {chromadb.__version__}; {payload['machine']['date']}; CPU: "
+        f"{payload['machine']['cpu_model'] or payload['machine']['processor']}, {payload['machine']['cpu_capability']}.",
         "",
         f"{args.calls} calls of each part, taking turns. `encode` is the store's float32 statement pass for one "
         "real CounterFact statement; the backbone passes are the compiled MiniLM pass inside it (float32, the default; int8, what `int8_statements=True` runs); each `add` is one Chroma `add` call of one record into the filled persistent "
@@ -156,7 +158,7 @@ def main() -> None:
         f"* Encode + the record as `add_edit` writes it: {as_written} ms (before validation and the supersession "
         "lookup).",
     ]
-    write_results("add_edit_floor", payload, "\n".join(md))
+    write_results(args.name, payload, "\n".join(md))
     print("\n".join(md))
 
 
