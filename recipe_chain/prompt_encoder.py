@@ -220,7 +220,11 @@ class PromptEncoder(nn.Module):
             )
         vocab = self._vocab.to(keys.device)
         query = self.token_query(x).view(*lead, self.token_slots, self.llm_hidden_size)  # (..., S, D)
-        logits = query @ vocab.T * self.log_temperature.exp()  # (..., S, V)
+        # vocab @ query^T, not query @ vocab^T: the same products, but with a few query rows CPU GEMM
+        # kernels stream the (V, D) table far faster this way round (one key: 2.5 vs 15 ms here).
+        flat = query.reshape(-1, self.llm_hidden_size)  # (N*S, D)
+        logits = (vocab @ flat.T).T.reshape(*lead, self.token_slots, -1)  # (..., S, V)
+        logits = logits * self.log_temperature.exp()
         slots = torch.softmax(logits, dim=-1) @ vocab * self._vocab_scale  # (..., S, D)
         context = self.context.expand(*lead, self.context_len, self.llm_hidden_size)  # (..., C, D)
         return torch.cat([context, slots], dim=-2) + correction, logits

@@ -349,6 +349,26 @@ def test_vocab_token_slot_reproduces_the_chosen_token_embedding() -> None:
     torch.testing.assert_close(vectors[:, 0], enc.context[0].expand(5, 4).detach())
 
 
+def test_vocab_slot_logits_are_each_keys_own_query_against_every_token() -> None:
+    """The logits are computed as ``vocab @ query^T`` (faster on CPU); they must equal
+    ``query @ vocab^T`` key by key and slot by slot, for one key, a batch, and with gradients."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(11, 4)
+    enc = PromptEncoder(rep_dim=6, llm_hidden_size=4, prompt_len=4, hidden_dim=8, init_std=0.5, mode="vocab",
+                        context_len=1)
+    enc.attach_vocabulary(emb)
+    enc.eval()
+    keys = torch.randn(3, 6, requires_grad=True)
+    vectors, logits = enc.forward_with_token_logits(keys)  # (3, 4, 4), (3, 3, 11)
+    query = enc.token_query(enc.net[0](keys)).view(3, 3, 4)  # (N, S, D)
+    expected = torch.einsum("nsd,vd->nsv", query, emb.weight) * enc.log_temperature.exp()
+    torch.testing.assert_close(logits, expected)
+    assert len({tuple(row.argmax(-1).tolist()) for row in logits}) > 1  # the keys do differ
+    torch.testing.assert_close(enc(keys[1:2]), vectors[1:2])
+    vectors.sum().backward()
+    assert keys.grad is not None and keys.grad.abs().sum() > 0
+
+
 def test_vocab_slots_follow_a_scaled_embedding() -> None:
     """Gemma-style embeddings scale the looked-up rows; the mixture must live in that output space."""
 
