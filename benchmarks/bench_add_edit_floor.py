@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_chroma_sync_threshold import DIM, fill, record_metadata  # noqa: E402
-from common import counterfact_eval_sample, machine_info, percentile, write_results  # noqa: E402
+from common import counterfact_eval_sample, cpu_description, machine_info, percentile, write_results  # noqa: E402
 
 TARGET_MS = 20.0
 PARTS = ("encode", "paired backbone pass, float32", "paired backbone pass, int8", "add (id + key)", "add (+ statement)", "add (+ statement + metadata)")
@@ -140,8 +140,7 @@ def main() -> None:
         f"# The floor under `add_edit`, {args.size:,} stored records",
         "",
         f"`{payload['command']}`; checkpoint `{editor.fingerprint}`; {payload['torch_threads']} torch threads; "
-        f"chromadb {chromadb.__version__}; {payload['machine']['date']}; CPU: "
-        f"{payload['machine']['cpu_model'] or payload['machine']['processor']}, {payload['machine']['cpu_capability']}.",
+        f"chromadb {chromadb.__version__}; {payload['machine']['date']}; CPU: {cpu_description(payload['machine'])}.",
         "",
         f"{args.calls} calls of each part, taking turns. `encode` is the store's float32 statement pass for one "
         "real CounterFact statement; the backbone passes are the compiled MiniLM pass inside it (float32, the default; int8, what `int8_statements=True` runs); each `add` is one Chroma `add` call of one record into the filled persistent "

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, percentile, write_results  # noqa: E402
+from common import cpu_description, machine_info, percentile, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -332,10 +332,7 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [
         "# Knowledge-store benchmark",
         "",
-        f"`{payload['command']}` on {m['cpu_count']} CPUs ({m['processor']}"
-        + (f", {m['cpu_model']}" if m.get("cpu_model") else "")
-        + (f", {m['cpu_capability']}" if m.get("cpu_capability") else "")
-        + f"), torch {m['torch']} with "
+        f"`{payload['command']}` on {m['cpu_count']} CPUs ({cpu_description(m)}), torch {m['torch']} with "
         f"{payload['torch_threads']} intra-op thread(s), chromadb {payload['chromadb']}, {m['date']}.",
         "OpenMP/MKL environment: "
         + (", ".join(f"`{k}={v}`" for k, v in payload.get("environment", {}).items() if v is not None) or "none set")

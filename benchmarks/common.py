@@ -37,6 +37,12 @@ def _cpu_model() -> str:
     return ""
 
 
+def cpu_description(machine: dict[str, object]) -> str:
+    """``"x86_64, AMD EPYC, AVX512"``: architecture, model and SIMD level of a :func:`machine_info`."""
+    parts = (machine.get("processor"), machine.get("cpu_model"), machine.get("cpu_capability"))
+    return ", ".join(str(p) for p in parts if p)
+
+
 def machine_info() -> dict[str, object]:
     import torch
 
