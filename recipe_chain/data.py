@@ -69,6 +69,8 @@ class LocalityPrompt(BaseModel):
     Attributes:
         prompt: The prompt text (stripped, non-empty).
         answer: The reference answer, or ``None`` when the data gives none.
+        aliases: Every accepted answer, when the data gives several (NQ-open); empty
+            otherwise (then ``answer`` alone is accepted).
 
     Example:
         >>> LocalityPrompt(prompt="Michel Rocard is a native speaker of", answer="French").answer
@@ -79,6 +81,14 @@ class LocalityPrompt(BaseModel):
 
     prompt: _NonEmptyStr
     answer: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def accepted_answers(self) -> tuple[str, ...]:
+        """``aliases`` when given, else ``(answer,)``, else ``()``."""
+        if self.aliases:
+            return self.aliases
+        return (self.answer,) if self.answer is not None else ()
 
     @field_validator("answer")
     @classmethod
@@ -669,8 +679,12 @@ def load_questions(path: str | os.PathLike[str], *, limit: int | None = None) ->
             prompt = _required_text(record, "question")
             key = "answer" if "answer" in record else "answers"
             answer = _first_answer(record.get(key), key)
+            raw = record.get(key)
+            aliases = tuple(
+                a for a in (_first_answer(v, key) for v in (raw if isinstance(raw, list) else [raw])) if a is not None
+            )
         except _RecordError as err:
             raise DataFormatError(err.message, path=p, index=index, field=err.field, case_id=_case_id(record)) from None
-        questions.append(LocalityPrompt(prompt=prompt, answer=answer))
+        questions.append(LocalityPrompt(prompt=prompt, answer=answer, aliases=aliases))
     logger.info("Loaded %d questions from %s", len(questions), p)
     return questions

@@ -342,10 +342,14 @@ def test_load_questions(tmp_path: Path) -> None:
     ]
     qs = load_questions(write_jsonl(tmp_path, rows))
     assert qs == [
-        LocalityPrompt(prompt="who got the first nobel prize in physics?", answer="Wilhelm Conrad Röntgen"),
+        LocalityPrompt(prompt="who got the first nobel prize in physics?", answer="Wilhelm Conrad Röntgen",
+                       aliases=("Wilhelm Conrad Röntgen", "Röntgen")),
         LocalityPrompt(prompt="when is the next deadpool movie being released?", answer=None),
-        LocalityPrompt(prompt="how many?", answer="3"),
+        LocalityPrompt(prompt="how many?", answer="3", aliases=("3",)),
     ]
+    # every accepted answer is kept for answer accuracy
+    assert qs[0].accepted_answers == ("Wilhelm Conrad Röntgen", "Röntgen") and qs[1].accepted_answers == ()
+    assert LocalityPrompt(prompt="p", answer="x").accepted_answers == ("x",)
     assert len(load_questions(write_jsonl(tmp_path, rows), limit=2)) == 2
     with pytest.raises(DataFormatError, match=r"record 1.*'question'.*missing"):
         load_questions(write_jsonl(tmp_path, [rows[0], {"answer": ["x"]}], name="bad.jsonl"))

@@ -11,6 +11,8 @@ check that every method uses the edit it should. One test runs the real
 from __future__ import annotations
 
 import functools
+import math
+import re
 import json
 import tempfile
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from langchain_core.embeddings import Embeddings
 from transformers import AutoTokenizer, BertModel
 
 from recipe_chain import RecipeEditor
@@ -56,6 +59,49 @@ def tiny_set():
 @pytest.fixture(scope="module", autouse=False)
 def models():
     yield tiny_set()
+
+
+class ScriptedEmbeddings(Embeddings):
+    """Sentence embeddings with scripted cosine similarities for :func:`make_examples` texts.
+
+    A statement of Land<i> is the unit vector of axis i. Against it, the edit prompt
+    scores 0.95, its paraphrase 0.9, its locality prompt (Isle<i>) 0.4; general
+    questions are orthogonal to every statement (0.0).
+    """
+
+    DIM = 256
+
+    def _vector(self, text: str) -> list[float]:
+        v = [0.0] * self.DIM
+        m = re.search(r"(Land|Isle)(\d+)", text)
+        if m is None:
+            v[255] = 1.0
+            return v
+        i = int(m.group(2))
+        if m.group(1) == "Isle":
+            a, extra = 0.4, 252
+        elif text.startswith(f"Land{i} has"):
+            a, extra = 0.9, 251
+        elif text.rstrip().endswith(" is"):
+            a, extra = 0.95, 250
+        else:  # a statement
+            a, extra = 1.0, None
+        v[i] = a
+        if extra is not None:
+            v[extra] = math.sqrt(1 - a * a)
+        return v
+
+    def embed_documents(self, texts):
+        return [self._vector(t) for t in texts]
+
+    def embed_query(self, text):
+        return self._vector(text)
+
+
+@pytest.fixture(autouse=True)
+def scripted_sentence_embeddings(monkeypatch):
+    """The text-RAG baseline's sentence encoder is scripted in these tests (no MiniLM load)."""
+    monkeypatch.setattr(H.SentenceEmbeddings, "default", classmethod(lambda cls: ScriptedEmbeddings()))
 
 
 def make_examples(n: int, offset: int = 0) -> list[EditExample]:
@@ -299,16 +345,26 @@ def test_scripted_run_every_method_uses_the_right_edit(models, tmp_path):
     assert final is not None and final.t == 20 and final.n_measured == 20 and results.complete
     assert [cp.t for cp in results.checkpoints] == [1, 10, 20]
     assert final.counts == {"prompt": 20, "paraphrase": 20, "locality": 20, "locality_scored": 20, "general": 5,
-                            "generation_examples": 20}
+                            "generation_examples": 20, "general_answered": 0}
     assert set(final.methods) == set(H.METHODS)
 
-    # the threshold separates the scripted similarities (hits >= 1.8, locality 0.5)
+    # the RECIPE-similarity threshold separates the scripted similarities (hits >= 1.8, locality 0.5)
     th = results.text_rag_threshold
     assert th is not None and th.value == pytest.approx((0.5 + 1.8) / 2) and th.dev_objective == 1.0
     assert "dev store holds D" in th.procedure
+    # the cosine threshold of the fair baseline separates paraphrases (0.9) from locality prompts (0.4)
+    tuning = results.text_rag_tuning
+    assert tuning is not None and tuning.threshold.value == pytest.approx(0.65)
+    assert tuning.threshold.balanced_accuracy == 1.0
+    assert tuning.dev_rows == {"positive": 20, "negative": 10, "negative_locality": 10, "negative_general": 0}
+    assert tuning.format in ("plain", "chat") and tuning.format_scores["plain"]["score"] is not None
 
     m = final.methods
-    no, rc, ng, rag, orc = (m[k] for k in H.METHODS)
+    no, rc, ng, rag, top1, sim, orc = (m[k] for k in H.METHODS)
+    # text-rag-top1 always fires; the RECIPE-similarity variant fires where the scripted gate does
+    assert top1.gate.false_fire_locality == 1.0 and top1.gate.false_fire_general == 1.0
+    assert top1.gate.correct_hit_prompt == 1.0
+    assert sim.gate.model_dump() == rc.gate.model_dump()
     assert no.gate.model_dump() == {"hit_rate": 0.0, "correct_hit_prompt": 0.0, "correct_hit_paraphrase": 0.0,
                                     "false_fire_locality": 0.0, "false_fire_general": 0.0}
     assert rc.gate.model_dump() == {"hit_rate": 1.0, "correct_hit_prompt": 1.0, "correct_hit_paraphrase": 1.0,
@@ -382,7 +438,11 @@ def test_partial_results_and_resume(models, tmp_path):
     results = resumed.run(examples, questions=QUESTIONS, out_dir=tmp_path, resume=True)
     assert results.complete and [c.t for c in results.checkpoints] == [1, 5, 10, 20]
     assert results.edit_latency_s["n"] == 20 and stores["eval"].count() == 20
-    assert results.text_rag_threshold == H.TextRagThreshold.model_validate(partial["text_rag_threshold"])
+    # the tuning is kept, not redone; the statement index is rebuilt from the 10 edits kept
+    assert results.text_rag_tuning == H.TextRagTuning.model_validate(partial["text_rag_tuning"])
+    assert results.text_rag_threshold is None  # text-rag-recipe-sim was not asked for
+    rag = results.final.methods["text-rag"]
+    assert rag.gate.correct_hit_prompt == 1.0 and rag.gate.false_fire_locality == 0.0
     assert results.wall_time_s >= partial["resume"]["wall_time_s"]
     assert not (tmp_path / H.PARTIAL_FILE).exists()
 
@@ -547,7 +607,8 @@ def test_cli_reads_every_format(fmt, patched_cli, tmp_path, capsys):
     assert raw["config"]["data"]["n_records"] == 6
     assert raw["config"]["eval"]["methods"] == ["no-edit", "recipe", "text-rag"]
     assert raw["final"]["counts"] == {"prompt": 3, "paraphrase": 3, "locality": 3 * per,
-                                      "locality_scored": 3 * per, "general": 2, "generation_examples": 3}
+                                      "locality_scored": 3 * per, "general": 2, "generation_examples": 3,
+                                      "general_answered": 0}
     assert raw["selection"]["n_dev"] == 2 and raw["config"]["command"].startswith("recipe-chain eval --data")
     assert patched_cli["checkpoint"] == "ckpt-dir" and patched_cli["store_path"] == out / "store"
     assert (out / "metrics_vs_T.png").exists() and (out / "results.md").exists()

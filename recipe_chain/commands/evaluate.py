@@ -134,6 +134,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Examples whose prompt repeats an already taken one: 'skip' them (default: T distinct "
                    "facts) or 'supersede' (edit them too, as corrections; the superseded examples are not "
                    "measured). counterfact/eval.json has 9,917 distinct prompts, so T=10000 needs 'supersede'.")
+    p.add_argument("--dev-general-n", type=non_negative_int, default=None, metavar="N",
+                   help="General questions after the measured ones used as text-rag's dev negatives (default 200).")
+    p.add_argument("--text-rag-format", choices=("auto", "plain", "chat"), default=None,
+                   help="text-RAG prompt format: statement in front of the query ('plain'), the chat template "
+                   "with the statement in the system message ('chat'), or the better on dev ('auto', default).")
+    p.add_argument("--format-dev-sample", type=positive_int, default=None, metavar="N",
+                   help="Dev examples whose generations choose the text-RAG format (default 100).")
+    p.add_argument("--general-answer-n", type=non_negative_int, default=None, metavar="N",
+                   help="General questions whose greedy answers are scored at the final T (general ability; "
+                   "default 0).")
     p.add_argument("--ephemeral-store", action="store_true",
                    help="Keep the store in memory instead of OUT/store (no --resume then).")
     p.add_argument("--resume", action="store_true",
@@ -167,7 +177,7 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
     for name in ("edits", "dev_size", "general_n", "t_grid", "checkpoint_sample", "final_sample", "gen_sample",
                  "latency_samples",
                  "gate_latency_samples", "gen_tokens", "batch_size", "gen_batch_size", "gate_margin", "candidate_k",
-                 "duplicate_facts"):
+                 "duplicate_facts", "dev_general_n", "text_rag_format", "format_dev_sample", "general_answer_n"):
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
@@ -277,12 +287,13 @@ def _command_line(args: argparse.Namespace, cfg: Any, out: Path, checkpoint: str
         parts += ["--methods", ",".join(cfg.methods)]
     if checkpoint is not None:
         parts += ["--checkpoint", checkpoint]
-    for flag in ("llm", "dev_data", "general_questions", "duplicate_facts"):
+    for flag in ("llm", "dev_data", "general_questions", "duplicate_facts", "text_rag_format"):
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
     for flag in ("dev_size", "general_n", "checkpoint_sample", "final_sample", "gen_sample", "latency_samples", "gate_latency_samples",
-                 "gen_tokens", "batch_size", "gen_batch_size", "gate_margin", "candidate_k", "threads"):
+                 "gen_tokens", "batch_size", "gen_batch_size", "gate_margin", "candidate_k", "threads",
+                 "dev_general_n", "format_dev_sample", "general_answer_n"):
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
@@ -320,7 +331,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if dev_data is not None and not dev_data.is_file():
         raise FileNotFoundError(f"No dev data file at {dev_data}")
     questions_path: Path | None = None
-    if cfg.general_n > 0:
+    if cfg.general_n > 0 or ("text-rag" in cfg.methods and cfg.dev_general_n > 0):
         if args.general_questions:
             questions_path = Path(args.general_questions).expanduser()
             if not questions_path.is_file():
@@ -340,7 +351,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if not examples:
         raise ValueError(f"{data} holds no valid edit examples")
     dev_pool = load_edit_examples(dev_data, on_invalid="skip") if dev_data is not None else None
-    questions = load_questions(questions_path, limit=cfg.general_n) if questions_path is not None else []
+    questions = (
+        load_questions(questions_path, limit=cfg.general_n + cfg.dev_general_n) if questions_path is not None else []
+    )
 
     checkpoint = getattr(args, "checkpoint", None)
     llm, tokenizer, editor, model_info = load_eval_models(checkpoint, args.llm, allow_untrained=args.allow_untrained)
@@ -351,7 +364,9 @@ def run_eval(args: argparse.Namespace) -> int:
         "command": _command_line(args, cfg, out, checkpoint),
         "data": _file_info(data, format=examples[0].source_format, n_records=len(examples)),
         "dev_data": _file_info(dev_data, n_records=len(dev_pool or [])) if dev_data is not None else None,
-        "general_questions": _file_info(questions_path, n=len(questions)) if questions_path is not None else None,
+        "general_questions": (
+            _file_info(questions_path, n=min(len(questions), cfg.general_n)) if questions_path is not None else None
+        ),
         "checkpoint": model_info["checkpoint"],
         "trained": model_info["trained"],
         "llm_spec": args.llm,

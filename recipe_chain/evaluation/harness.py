@@ -92,9 +92,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from recipe_chain.data import EditExample, LocalityPrompt
 from recipe_chain.editor import RecipeEditor
+from recipe_chain.evaluation import answers as A
 from recipe_chain.evaluation import metrics as M
+from recipe_chain.evaluation.thresholds import TunedThreshold, tune_balanced_threshold
 from recipe_chain.loading import llm_id_of
 from recipe_chain.prefix_lm import PrefixedCausalLM, TargetScore
+from recipe_chain.statement_index import SentenceEmbeddings, StatementHit, StatementIndex
 from recipe_chain.store import normalize_prompt
 from recipe_chain.text_rag import format_text_rag_prompt
 
@@ -109,6 +112,7 @@ __all__ = [
     "CheckpointResult",
     "GateLatencyPoint",
     "TextRagThreshold",
+    "TextRagTuning",
     "EvalResults",
     "Selection",
     "LifelongEvaluator",
@@ -125,7 +129,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["no-edit", "recipe", "recipe-no-gate", "text-rag", "text-rag-oracle"]
+Method = Literal[
+    "no-edit", "recipe", "recipe-no-gate", "text-rag", "text-rag-top1", "text-rag-recipe-sim", "text-rag-oracle"
+]
 """Names of the compared methods."""
 
 METHODS: tuple[str, ...] = get_args(Method)
@@ -136,7 +142,7 @@ JOURNAL_FILE = "llm_outputs.partial.jsonl"
 RESULTS_SCHEMA_VERSION = 1
 
 THRESHOLD_PROCEDURE = (
-    "text-rag admits the store's top-1 edit iff its RECIPE similarity q.k/sqrt(d) >= threshold. "
+    "text-rag-recipe-sim admits the store's top-1 edit iff its RECIPE similarity q.k/sqrt(d) >= threshold. "
     "The threshold is tuned on a dev split disjoint from the T evaluated examples (no shared prompt): "
     "the D dev statements are edited into a separate, temporary store namespace, every dev prompt, "
     "paraphrase and locality prompt is gated once, and over the observed top-1 similarities the "
@@ -148,7 +154,10 @@ THRESHOLD_PROCEDURE = (
 )
 
 _SCORED_KINDS = ("prompt", "paraphrase", "locality")
-_FIRING_METHODS = ("recipe", "recipe-no-gate", "text-rag", "text-rag-oracle")
+_FIRING_METHODS = ("recipe", "recipe-no-gate", "text-rag", "text-rag-top1", "text-rag-recipe-sim", "text-rag-oracle")
+_TEXT_RAG_METHODS = ("text-rag", "text-rag-top1", "text-rag-oracle")
+"""Methods that put a statement in front of the query in the dev-chosen prompt format."""
+_NEEDS_DEV = ("text-rag", "text-rag-recipe-sim")
 
 
 # ====================================================================================
@@ -183,6 +192,14 @@ class EvalConfig(BaseModel):
         candidate_k: Candidates the store re-scores per query (recorded; the store applies it).
         duplicate_facts: ``"skip"`` examples repeating an already taken prompt, or take
             them too and let them ``"supersede"`` the earlier edit (see :func:`select_examples`).
+        dev_general_n: General questions (after the ``general_n`` measured ones) used as
+            dev negatives when tuning text-rag's threshold.
+        text_rag_format: Prompt format of the text-RAG methods: ``"plain"`` (the statement
+            in front of the query), ``"chat"`` (the LLM's chat template, statement in the
+            system message, query as the user turn) or ``"auto"``: the better on dev.
+        format_dev_sample: Dev examples whose generations choose the format (``"auto"``).
+        general_answer_n: General questions whose greedy answers are scored against their
+            reference answers at the final ``T`` (general ability; 0: none).
 
     Example:
         >>> EvalConfig(edits=100).checkpoints()
@@ -209,6 +226,10 @@ class EvalConfig(BaseModel):
     gate_margin: float = 0.0
     candidate_k: int = Field(default=8, gt=0)
     duplicate_facts: Literal["skip", "supersede"] = "skip"
+    dev_general_n: int = Field(default=200, ge=0)
+    text_rag_format: Literal["auto", "plain", "chat"] = "auto"
+    format_dev_sample: int = Field(default=100, gt=0)
+    general_answer_n: int = Field(default=0, ge=0)
 
     @field_validator("methods")
     @classmethod
@@ -228,8 +249,9 @@ class EvalConfig(BaseModel):
 
     @model_validator(mode="after")
     def _dev_needed(self) -> "EvalConfig":
-        if "text-rag" in self.methods and self.dev_size < 1:
-            raise ValueError("text-rag needs dev_size >= 1 to tune its similarity threshold")
+        needing = [m for m in _NEEDS_DEV if m in self.methods]
+        if needing and self.dev_size < 1:
+            raise ValueError(f"{', '.join(needing)} needs dev_size >= 1 to tune its similarity threshold")
         return self
 
     def checkpoints(self) -> list[int]:
@@ -312,6 +334,14 @@ class MethodMetrics(BaseModel):
         em_prompt: Greedy-generation exact match of ``target_new`` on edit prompts.
         em_paraphrase: The same on paraphrases.
         locality_unchanged: Share of locality prompts whose greedy output is unchanged.
+        answer_accuracy: Edit prompts whose greedy answer reads as the new target
+            (:func:`recipe_chain.evaluation.answers.answer_correct`: its first sentence
+            names the new target and not the old answer).
+        answer_accuracy_paraphrase: The same on paraphrases.
+        locality_kept: Locality prompts whose first sentence reads as the unedited
+            model's (:func:`recipe_chain.evaluation.answers.locality_kept`).
+        general_answer_accuracy: General questions whose greedy answer names a reference
+            answer (final ``T`` only, ``general_answer_n`` questions).
         gate: :class:`GateStats`.
         added_tokens: :class:`AddedTokens`.
         conditional: Diagnostics: ``reliability_given_correct_hit``,
@@ -328,6 +358,10 @@ class MethodMetrics(BaseModel):
     em_prompt: float | None = None
     em_paraphrase: float | None = None
     locality_unchanged: float | None = None
+    answer_accuracy: float | None = None
+    answer_accuracy_paraphrase: float | None = None
+    locality_kept: float | None = None
+    general_answer_accuracy: float | None = None
     gate: GateStats = Field(default_factory=GateStats)
     added_tokens: AddedTokens = Field(default_factory=AddedTokens)
     conditional: dict[str, float | None] = Field(default_factory=dict)
@@ -392,6 +426,30 @@ class TextRagThreshold(BaseModel):
     dev_non_fire: float | None
 
 
+class TextRagTuning(BaseModel):
+    """How the fair text-RAG baseline was tuned on the dev split.
+
+    Attributes:
+        retrieval: What scores queries (plain sentence-embedding cosine similarity).
+        threshold: The balanced-accuracy threshold and its dev curve.
+        dev_rows: Dev positives (prompts, paraphrases) and negatives (locality prompts,
+            general questions).
+        format: The prompt format the text-RAG methods use.
+        format_scores: Dev score of each format tried: the mean of answer accuracy on
+            dev prompts/paraphrases and locality kept on dev locality prompts.
+        format_dev_examples: Dev examples the format choice was measured on.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    retrieval: str
+    threshold: TunedThreshold
+    dev_rows: dict[str, int]
+    format: Literal["plain", "chat"]
+    format_scores: dict[str, dict[str, float | None]]
+    format_dev_examples: int
+
+
 class Selection(BaseModel):
     """Which examples a run evaluates, and which it tunes on.
 
@@ -440,7 +498,8 @@ class EvalResults(BaseModel):
             fingerprint, data file and hash, ...).
         machine: Python/torch versions, platform, CPU count, threads.
         selection: :meth:`Selection.summary`.
-        text_rag_threshold: The tuned threshold (``None`` without text-rag).
+        text_rag_threshold: The RECIPE-similarity threshold of ``text-rag-recipe-sim``.
+        text_rag_tuning: The fair text-RAG baseline's threshold and prompt format.
         edit_latency_s: ``{"n","mean","p50","p95"}`` of ``store.add_edit``.
         gate_latency: Gate latency against store size.
         checkpoints: Measurements at each ``t`` of the grid, ascending.
@@ -458,6 +517,7 @@ class EvalResults(BaseModel):
     machine: dict[str, Any]
     selection: dict[str, Any]
     text_rag_threshold: TextRagThreshold | None = None
+    text_rag_tuning: TextRagTuning | None = None
     edit_latency_s: dict[str, float | int | None]
     gate_latency: list[GateLatencyPoint]
     checkpoints: list[CheckpointResult]
@@ -767,6 +827,8 @@ class _Row:
     example: int | None  # index into the measured examples
     text: str
     target: str | None  # target_new (prompt/paraphrase), reference answer (locality), None (general)
+    old: str | None = None  # the pre-edit answer (prompt/paraphrase), when known
+    answers: tuple[str, ...] = ()  # accepted answers of a general question
 
 
 @dataclass(frozen=True)
@@ -791,11 +853,16 @@ class _Plan:
 def _rows_for(examples: Sequence[EditExample], questions: Sequence[LocalityPrompt]) -> list[_Row]:
     rows: list[_Row] = []
     for i, ex in enumerate(examples):
-        rows.append(_Row("prompt", i, ex.prompt, ex.target_new))
-        rows.extend(_Row("paraphrase", i, p, ex.target_new) for p in ex.paraphrases)
+        rows.append(_Row("prompt", i, ex.prompt, ex.target_new, ex.ground_truth))
+        rows.extend(_Row("paraphrase", i, p, ex.target_new, ex.ground_truth) for p in ex.paraphrases)
         rows.extend(_Row("locality", i, loc.prompt, loc.answer) for loc in ex.locality)
-    rows.extend(_Row("general", None, q.prompt, None) for q in questions)
+    rows.extend(_Row("general", None, q.prompt, None, answers=q.accepted_answers) for q in questions)
     return rows
+
+
+def fact_id(prompt: str) -> str:
+    """The text-RAG index id of a fact: one current statement per normalised prompt."""
+    return "fact-" + hashlib.sha1(normalize_prompt(prompt).encode()).hexdigest()[:20]
 
 
 def _first_line(text: str) -> str | None:
@@ -818,6 +885,9 @@ class LifelongEvaluator:
         store_factory: ``namespace -> RecipeKnowledgeStore``; defaults to in-memory stores
             from :func:`make_store_factory`. It must return an empty-able store per call.
         progress: Show tqdm bars (``None``: only on a terminal).
+        sentence_embeddings: The plain sentence encoder of the text-RAG baseline (any
+            LangChain ``Embeddings``); ``None`` loads all-MiniLM-L6-v2 when a text-RAG
+            method needs it.
 
     Example:
         >>> evaluator = LifelongEvaluator(llm, tok, editor, EvalConfig(edits=10))  # doctest: +SKIP
@@ -833,6 +903,7 @@ class LifelongEvaluator:
         *,
         store_factory: StoreFactory | None = None,
         progress: bool | None = None,
+        sentence_embeddings: Any = None,
     ) -> None:
         self.lm = PrefixedCausalLM(llm, tokenizer)
         self.tokenizer = tokenizer
@@ -851,7 +922,12 @@ class LifelongEvaluator:
         self._llm_len: dict[str, int] = {}
         self._cl_len: dict[str, int] = {}
         self._cl100k = _cl100k()
-        self._threshold: float | None = None
+        self._threshold: float | None = None  # text-rag-recipe-sim
+        self._sentence_embeddings = sentence_embeddings
+        self._index: StatementIndex | None = None  # the text-RAG statements of the evaluated store
+        self._rag_threshold: float | None = None  # text-rag (cosine similarity)
+        self._rag_format: str = "plain" if config.text_rag_format == "auto" else config.text_rag_format
+        self._adds_bos = _adds_bos(tokenizer)
 
     # ------------------------------------------------------------------ public API
     def select(
@@ -868,7 +944,7 @@ class LifelongEvaluator:
             examples,
             self.config.edits,
             seed=self.config.seed,
-            dev_size=self.config.dev_size if "text-rag" in self.config.methods else 0,
+            dev_size=self.config.dev_size if any(m in self.config.methods for m in _NEEDS_DEV) else 0,
             dev_pool=dev_pool,
             dev_source=dev_source,
             fits=lambda exs: _fits_encoder(exs, enc_tok, max_len),
@@ -882,6 +958,7 @@ class LifelongEvaluator:
         questions: Sequence[LocalityPrompt] = (),
         dev_pool: Sequence[EditExample] | None = None,
         dev_source: str = "same file",
+        dev_questions: Sequence[LocalityPrompt] | None = None,
         run_info: dict[str, Any] | None = None,
         out_dir: str | os.PathLike[str] | None = None,
         resume: bool = False,
@@ -891,10 +968,13 @@ class LifelongEvaluator:
         Args:
             examples: All examples of the data file (the run shuffles and selects).
             questions: General questions for the false-fire rate (the first
-                ``general_n`` are used; too-long ones are dropped).
+                ``general_n`` are used; too-long ones are dropped). The next
+                ``dev_general_n`` serve as text-rag's dev negatives unless
+                ``dev_questions`` is given.
             dev_pool: Separate examples to draw the dev split from (default: the rest of
                 ``examples``).
             dev_source: Description of the dev pool for the results.
+            dev_questions: General questions used as dev negatives (default: see ``questions``).
             run_info: Extra configuration to record (data file, hash, checkpoint, ...).
             out_dir: Where ``results.partial.json`` is written after each checkpoint
                 (``None``: nowhere). :mod:`recipe_chain.evaluation.report` writes the
@@ -916,7 +996,11 @@ class LifelongEvaluator:
             cache.clear()
         t0 = time.perf_counter()
         selection = self.select(examples, dev_pool=dev_pool, dev_source=dev_source)
-        questions = self._usable_questions(questions)
+        all_questions = list(questions)
+        questions = self._usable_questions(all_questions[: cfg.general_n])
+        if dev_questions is None:
+            dev_questions = all_questions[cfg.general_n : cfg.general_n + cfg.dev_general_n]
+        dev_questions = self._usable_questions(list(dev_questions)[: cfg.dev_general_n])
         phases["selection"] = time.perf_counter() - t0
         eval_examples = selection.eval_examples
         edit_ids = [f"eval-{i:06d}" for i in range(len(eval_examples))]
@@ -926,6 +1010,7 @@ class LifelongEvaluator:
             "editor_fingerprint": self.editor.fingerprint,
             "editor_config": self.editor.config.model_dump(mode="json"),
             "n_general_questions": len(questions),
+            "n_dev_general_questions": len(dev_questions) if "text-rag" in cfg.methods else 0,
             **(run_info or {}),
         }
         config_key = _config_key(config_dump, selection)
@@ -940,17 +1025,30 @@ class LifelongEvaluator:
         if out is not None:
             self._journal_open(out / JOURNAL_FILE, config_key, resume)
         store = self.store_factory("eval")
+        self._index = self._new_index() if self._uses_index() else None
         if state.t_done:
             self._prepare_resume(store, edit_ids, state.t_done)
             self._threshold = state.threshold.value if state.threshold is not None else None
+            if state.rag_tuning is not None:
+                self._rag_threshold = state.rag_tuning.threshold.value
+                self._rag_format = state.rag_tuning.format
+            if self._index is not None:  # the index is in memory: rebuild it from the edits made
+                for i in range(state.t_done):
+                    self._index_edit(eval_examples[i], edit_ids[i])
             logger.info("Resuming after %d of %d edits", state.t_done, len(eval_examples))
         else:
             store.clear()
 
-        if "text-rag" in cfg.methods and state.threshold is None:
+        if "text-rag-recipe-sim" in cfg.methods and state.threshold is None:
             t0 = time.perf_counter()
             state.threshold = self.tune_threshold(selection.dev_examples, selection.dev_source)
             self._threshold = state.threshold.value
+            phases["dev_tuning_recipe_sim"] = time.perf_counter() - t0
+        if "text-rag" in cfg.methods and state.rag_tuning is None:
+            t0 = time.perf_counter()
+            state.rag_tuning = self.tune_text_rag(selection.dev_examples, dev_questions)
+            self._rag_threshold = state.rag_tuning.threshold.value
+            self._rag_format = state.rag_tuning.format
             phases["dev_tuning"] = time.perf_counter() - t0
 
         checkpoints = set(cfg.checkpoints())
@@ -967,6 +1065,8 @@ class LifelongEvaluator:
             t0 = time.perf_counter()
             store.add_edit(ex.prompt, ex.target_new, subject=ex.subject, metadata=metadata, edit_id=edit_ids[i])
             dt = time.perf_counter() - t0
+            if self._index is not None:
+                self._index_edit(ex, edit_ids[i])
             state.edit_latencies.append(dt)
             editing_s += dt
             t = i + 1
@@ -1000,6 +1100,9 @@ class LifelongEvaluator:
         phases["editing"] = editing_s
         phases["measurement"] = measure_s
         store.close()
+        if self._index is not None:
+            self._index.close()
+            self._index = None
         results = self._results(state, config_dump, selection, phases, started, complete=True)
         if out is not None:
             for name in (PARTIAL_FILE, JOURNAL_FILE):
@@ -1009,8 +1112,141 @@ class LifelongEvaluator:
         return results
 
     # ------------------------------------------------------------------ dev tuning
+    def tune_text_rag(
+        self, dev_examples: Sequence[EditExample], dev_questions: Sequence[LocalityPrompt] = ()
+    ) -> TextRagTuning:
+        """Tune the fair text-RAG baseline on dev: its cosine threshold, then its prompt format.
+
+        The dev statements go into their own statement index. The threshold maximises
+        balanced accuracy of "fire" on dev prompts and paraphrases against "don't fire"
+        on dev locality prompts and general questions
+        (:func:`~recipe_chain.evaluation.thresholds.tune_balanced_threshold`). With
+        ``text_rag_format="auto"`` both prompt formats are then run on the first
+        ``format_dev_sample`` dev examples and the one with the higher mean of answer
+        accuracy and locality kept is chosen (plain on a tie).
+
+        Raises:
+            ValueError: Without dev examples, or without any dev negatives.
+        """
+        if not dev_examples:
+            raise ValueError("text-rag needs dev examples to tune its threshold")
+        index = self._new_index()
+        try:
+            for i, ex in enumerate(dev_examples):
+                index.upsert(fact_id(ex.prompt), ex.statement, {"edit_id": f"dev-{i:06d}"})
+            rows = _rows_for(dev_examples, dev_questions)
+            hits = self._search_all(index, [r.text for r in rows], desc="dev text-rag")
+            positives = [hits[r.text].score for r in rows if r.kind in ("prompt", "paraphrase") and hits[r.text]]
+            negatives = [hits[r.text].score for r in rows if r.kind in ("locality", "general") and hits[r.text]]
+            tuned = tune_balanced_threshold(positives, negatives)
+            logger.info(
+                "text-rag cosine threshold %.4f (dev balanced accuracy %.3f: fire %.3f, quiet %.3f)",
+                tuned.value, tuned.balanced_accuracy, tuned.tpr, tuned.tnr,
+            )
+            self._rag_threshold = tuned.value
+            sample = list(dev_examples[: self.config.format_dev_sample])
+            scores: dict[str, dict[str, float | None]] = {}
+            if self.config.text_rag_format == "auto":
+                formats = ["plain"] + (["chat"] if self._has_chat_template() else [])
+                for fmt in formats:
+                    scores[fmt] = self._format_dev_score(index, sample, fmt, tuned.value)
+                if "chat" not in scores:
+                    scores["chat"] = {"score": None, "answer_accuracy": None, "locality_kept": None}
+                chosen = max(formats, key=lambda f: (scores[f]["score"] or 0.0, f == "plain"))
+            else:
+                chosen = self.config.text_rag_format
+            logger.info("text-rag prompt format: %s (dev scores %s)", chosen, scores)
+            return TextRagTuning(
+                retrieval="cosine similarity of mean-pooled sentence embeddings (all-MiniLM-L6-v2 by default) "
+                "in a Chroma collection of the edit statements; top-1 admitted iff similarity >= threshold",
+                threshold=tuned,
+                dev_rows={
+                    "positive": len(positives),
+                    "negative": len(negatives),
+                    "negative_locality": sum(r.kind == "locality" for r in rows),
+                    "negative_general": sum(r.kind == "general" for r in rows),
+                },
+                format=chosen,  # type: ignore[arg-type]
+                format_scores=scores,
+                format_dev_examples=len(sample) if self.config.text_rag_format == "auto" else 0,
+            )
+        finally:
+            index.close()
+
+    def _format_dev_score(
+        self, index: StatementIndex, examples: Sequence[EditExample], fmt: str, threshold: float
+    ) -> dict[str, float | None]:
+        """Dev answer accuracy, locality kept and their mean for one prompt format."""
+        rows = _rows_for(examples, ())
+        hits = self._search_all(index, [r.text for r in rows], desc=f"dev {fmt}")
+        keys: list[tuple[str, None]] = []
+        base: list[tuple[str, None]] = []
+        for r in rows:
+            hit = hits[r.text]
+            text = r.text
+            if hit is not None and hit.score >= threshold:
+                text = self._rag_text(r.text, hit.statement, fmt)
+            keys.append((text, None))
+            base.append((r.text, None))
+        saved, self._journal = self._journal, None  # dev generations are not part of the run's journal
+        try:
+            outputs = self._generate_unique(set(keys) | set(base), None, desc=f"dev {fmt} generate")
+        finally:
+            self._journal = saved
+        correct = [
+            A.answer_correct(outputs[k], r.target, old_target=r.old)  # type: ignore[arg-type]
+            for r, k in zip(rows, keys)
+            if r.kind in ("prompt", "paraphrase")
+        ]
+        kept = [
+            A.locality_kept(outputs[k], outputs[b]) for r, k, b in zip(rows, keys, base) if r.kind == "locality"
+        ]
+        acc, loc = M.mean(correct), M.mean(kept)
+        parts = [v for v in (acc, loc) if v is not None]
+        return {"score": M.mean(parts), "answer_accuracy": acc, "locality_kept": loc}
+
+    def _has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def _rag_text(self, question: str, statement: str, fmt: str | None = None) -> str:
+        """The LLM input of a text-RAG method: ``statement`` in front of ``question``."""
+        fmt = fmt or self._rag_format
+        if fmt == "plain":
+            return format_text_rag_prompt(question, [statement])
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "system", "content": f"New fact: {statement}"}, {"role": "user", "content": question}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        bos = getattr(self.tokenizer, "bos_token", None)
+        if self._adds_bos and bos and text.startswith(bos):  # the tokenizer adds it again
+            text = text[len(bos) :]
+        return text
+
+    def _uses_index(self) -> bool:
+        return any(m in self.config.methods for m in ("text-rag", "text-rag-top1"))
+
+    def _new_index(self) -> StatementIndex:
+        if self._sentence_embeddings is None:
+            self._sentence_embeddings = SentenceEmbeddings.default()
+        return StatementIndex(self._sentence_embeddings)
+
+    def _index_edit(self, ex: EditExample, edit_id: str) -> None:
+        assert self._index is not None
+        self._index.upsert(fact_id(ex.prompt), ex.statement, {"edit_id": edit_id})
+
+    def _search_all(self, index: StatementIndex, texts: Sequence[str], desc: str) -> dict[str, StatementHit | None]:
+        unique = list(dict.fromkeys(texts))
+        out: dict[str, StatementHit | None] = {}
+        size = self.config.gate_batch_size
+        for start in _bar(range(0, len(unique), size), self.progress, desc=desc, unit="batch", leave=False):
+            chunk = unique[start : start + size]
+            for text, hits in zip(chunk, index.search(chunk, k=1)):
+                out[text] = hits[0] if hits else None
+        return out
+
     def tune_threshold(self, dev_examples: Sequence[EditExample], dev_source: str) -> TextRagThreshold:
-        """Tune text-RAG's admission threshold on dev examples in a temporary store namespace.
+        """Tune ``text-rag-recipe-sim``'s RECIPE-similarity threshold in a temporary store namespace.
 
         See :data:`THRESHOLD_PROCEDURE`. The dev namespace is cleared afterwards.
         """
@@ -1091,8 +1327,12 @@ class LifelongEvaluator:
         """
         if len(examples) != len(edit_ids):
             raise ValueError(f"{len(examples)} examples but {len(edit_ids)} edit ids")
-        if "text-rag" in self.config.methods and self._threshold is None:
-            raise ValueError("text-rag's threshold is not tuned yet; call tune_threshold() first")
+        if "text-rag-recipe-sim" in self.config.methods and self._threshold is None:
+            raise ValueError("text-rag-recipe-sim's threshold is not tuned yet; call tune_threshold() first")
+        if "text-rag" in self.config.methods and self._rag_threshold is None:
+            raise ValueError("text-rag's threshold is not tuned yet; call tune_text_rag() first")
+        if self._uses_index() and self._index is None:
+            raise ValueError("the text-RAG methods need the statement index of the store (run() builds it)")
         started = time.perf_counter()
         inactive = _inactive_ids(store)
         keep = [i for i, eid in enumerate(edit_ids) if eid not in inactive]
@@ -1106,16 +1346,24 @@ class LifelongEvaluator:
         t0 = time.perf_counter()
         gates = self._gate_all(store, [r.text for r in rows], desc=f"gate t={t}")
         gate_batch_s = time.perf_counter() - t0
+        hits: dict[str, StatementHit | None] = {}
+        if self._uses_index():
+            assert self._index is not None
+            hits = self._search_all(self._index, [r.text for r in rows], desc=f"text-rag search t={t}")
 
         methods = self.config.methods
         computed = ("no-edit", *[m for m in methods if m != "no-edit"])
         statements = {eid: ex.statement for eid, ex in zip(edit_ids, examples)}
         plans: dict[str, list[_Plan]] = {
-            m: [self._plan(m, r, gates[r.text], edit_ids, statements) for r in rows] for m in computed
+            m: [self._plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in rows]
+            for m in computed
         }
         scored = [i for i, r in enumerate(rows) if r.kind in _SCORED_KINDS]
         gen_examples = self._gen_subset(len(examples), seed)
         generated = [i for i in scored if gen_examples is None or rows[i].example in gen_examples]
+        general_rows = [i for i, r in enumerate(rows) if r.kind == "general"]
+        answered = set(general_rows[: self.config.general_answer_n] if with_latency else [])
+        generated += sorted(answered)
 
         # 1. greedy generations (unique inputs only)
         gen_keys = {(plans[m][i].text, plans[m][i].prefix) for m in computed for i in generated}
@@ -1138,7 +1386,8 @@ class LifelongEvaluator:
         tf_out = self._score_unique(tf_keys, store, desc=f"score t={t}")
 
         method_metrics = {
-            m: self._assemble(m, rows, plans, targets, gen_out, tf_out, edit_ids, gen_examples) for m in methods
+            m: self._assemble(m, rows, plans, targets, gen_out, tf_out, edit_ids, gen_examples, answered)
+            for m in methods
         }
         if with_latency and self.config.latency_samples:
             latencies = self._measure_latency(store, rows, targets, edit_ids, statements, seed)
@@ -1152,6 +1401,7 @@ class LifelongEvaluator:
             "locality_scored": sum(r.kind == "locality" and targets[i] is not None for i, r in enumerate(rows)),
             "general": sum(r.kind == "general" for r in rows),
             "generation_examples": len(examples) if gen_examples is None else len(gen_examples),
+            "general_answered": len(answered),
         }
         return CheckpointResult(
             t=t,
@@ -1211,7 +1461,13 @@ class LifelongEvaluator:
         return self._prefixes[statement]
 
     def _plan(
-        self, method: str, row: _Row, gate: _Gate, edit_ids: Sequence[str], statements: dict[str, str]
+        self,
+        method: str,
+        row: _Row,
+        gate: _Gate,
+        edit_ids: Sequence[str],
+        statements: dict[str, str],
+        hit: StatementHit | None = None,
     ) -> _Plan:
         own = edit_ids[row.example] if row.example is not None else None
         if method == "no-edit":
@@ -1220,7 +1476,15 @@ class LifelongEvaluator:
             return _Plan(gate.hit_id, row.text, gate.hit_statement)
         if method == "recipe-no-gate":
             return _Plan(gate.top_id, row.text, gate.top_statement)
-        if method == "text-rag":
+        if method in ("text-rag", "text-rag-top1"):
+            if hit is None:
+                return _Plan(None, row.text, None)
+            if method == "text-rag":
+                assert self._rag_threshold is not None
+                if hit.score < self._rag_threshold:
+                    return _Plan(None, row.text, None)
+            return _Plan(str(hit.metadata.get("edit_id")), self._rag_text(row.text, hit.statement), None)
+        if method == "text-rag-recipe-sim":
             assert self._threshold is not None
             if gate.top_id is not None and gate.top_sim is not None and gate.top_sim >= self._threshold:
                 statement = gate.top_statement or statements.get(gate.top_id, "")
@@ -1229,7 +1493,7 @@ class LifelongEvaluator:
         if method == "text-rag-oracle":
             if own is None:  # general questions have no edit of their own
                 return _Plan(None, row.text, None)
-            return _Plan(own, format_text_rag_prompt(row.text, [statements[own]]), None)
+            return _Plan(own, self._rag_text(row.text, statements[own]), None)
         raise ValueError(f"unknown method {method!r}")
 
     # ------------------------------------------------------------------ internals: LLM
@@ -1296,8 +1560,13 @@ class LifelongEvaluator:
         tf_out: dict[tuple[str, str, str | None], TargetScore],
         edit_ids: Sequence[str],
         gen_examples: set[int] | None = None,
+        answered: set[int] | frozenset[int] = frozenset(),
     ) -> MethodMetrics:
         n_ex = len(edit_ids)
+        ans_p: list[list[bool]] = [[] for _ in range(n_ex)]
+        ans_g: list[list[bool]] = [[] for _ in range(n_ex)]
+        kept_out: list[list[bool]] = [[] for _ in range(n_ex)]
+        general_ok: list[bool] = []
         rel: list[list[float]] = [[] for _ in range(n_ex)]
         gen: list[list[float]] = [[] for _ in range(n_ex)]
         loc: list[list[float]] = [[] for _ in range(n_ex)]
@@ -1320,6 +1589,8 @@ class LifelongEvaluator:
             plan = mine[i]
             fired[r.kind].append(plan.fired is not None)
             if r.kind == "general":
+                if i in answered:
+                    general_ok.append(A.contains_answer(gen_out[(plan.text, plan.prefix)], r.answers))
                 continue
             own = edit_ids[r.example]  # type: ignore[index]
             is_own = plan.fired == own
@@ -1342,19 +1613,21 @@ class LifelongEvaluator:
                     rel[r.example].append(acc)  # type: ignore[index]
                     if with_output:
                         em_p[r.example].append(M.exact_match(output, target))  # type: ignore[index]
+                        ans_p[r.example].append(A.answer_correct(output, target, old_target=r.old))  # type: ignore[index]
                     if is_own:
                         rel_ok.append(acc)
                 else:
                     gen[r.example].append(acc)  # type: ignore[index]
                     if with_output:
                         em_g[r.example].append(M.exact_match(output, target))  # type: ignore[index]
+                        ans_g[r.example].append(A.answer_correct(output, target, old_target=r.old))  # type: ignore[index]
                     if is_own:
                         gen_ok.append(acc)
             else:  # locality
                 if with_output:
-                    unchanged[r.example].append(  # type: ignore[index]
-                        M.output_unchanged(output, gen_out[(base[i].text, base[i].prefix)])
-                    )
+                    base_output = gen_out[(base[i].text, base[i].prefix)]
+                    unchanged[r.example].append(M.output_unchanged(output, base_output))  # type: ignore[index]
+                    kept_out[r.example].append(A.locality_kept(output, base_output))  # type: ignore[index]
                 if target is not None:
                     edited = tf_out[(plan.text, target, plan.prefix)].argmax_ids
                     reference = tf_out[(base[i].text, target, base[i].prefix)].argmax_ids
@@ -1369,6 +1642,10 @@ class LifelongEvaluator:
             em_prompt=M.mean_of_means(em_p),
             em_paraphrase=M.mean_of_means(em_g),
             locality_unchanged=M.mean_of_means(unchanged),
+            answer_accuracy=M.mean_of_means(ans_p),
+            answer_accuracy_paraphrase=M.mean_of_means(ans_g),
+            locality_kept=M.mean_of_means(kept_out),
+            general_answer_accuracy=M.rate(general_ok),
             gate=GateStats(
                 hit_rate=M.rate(fired["prompt"]),
                 correct_hit_prompt=M.rate(correct["prompt"]),
@@ -1429,7 +1706,14 @@ class LifelongEvaluator:
         if method == "no-edit":
             return row.text, None
         if method == "text-rag-oracle":
-            return format_text_rag_prompt(row.text, [own_statement or ""]), None
+            return self._rag_text(row.text, own_statement or ""), None
+        if method in ("text-rag", "text-rag-top1"):
+            assert self._index is not None
+            found = self._index.search([row.text], k=1)[0]
+            top_hit = found[0] if found else None
+            if top_hit is None or (method == "text-rag" and top_hit.score < (self._rag_threshold or 0.0)):
+                return row.text, None
+            return self._rag_text(row.text, top_hit.statement), None
         g = store.gate(row.text)
         if method == "recipe":
             return row.text, (self._as_prefix(g.prompt_vectors) if g.fired else None)
@@ -1439,7 +1723,7 @@ class LifelongEvaluator:
             if g.candidates:
                 return row.text, self._as_prefix(store.prompt_vectors(g.candidates[0].record.edit_id))
             return row.text, None
-        if method == "text-rag":
+        if method == "text-rag-recipe-sim":
             top = g.candidates[0] if g.candidates else None
             if top is not None and self._threshold is not None and top.similarity >= self._threshold:
                 return format_text_rag_prompt(row.text, [top.record.statement]), None
@@ -1612,6 +1896,7 @@ class LifelongEvaluator:
             machine=machine_info(),
             selection=selection.summary(),
             text_rag_threshold=state.threshold,
+            text_rag_tuning=state.rag_tuning,
             edit_latency_s=M.latency_summary(state.edit_latencies),
             gate_latency=list(state.gate_latency),
             checkpoints=checkpoints,
@@ -1633,6 +1918,7 @@ class _RunState:
     checkpoints: list[CheckpointResult] = field(default_factory=list)
     gate_latency: list[GateLatencyPoint] = field(default_factory=list)
     threshold: TextRagThreshold | None = None
+    rag_tuning: TextRagTuning | None = None
     wall_s_before: float = 0.0
 
 
@@ -1673,7 +1959,9 @@ def _load_partial(path: Path, config_key: str) -> _RunState:
             "settings differ); start over without --resume or use another --out"
         )
     threshold = raw.get("text_rag_threshold")
+    rag_tuning = raw.get("text_rag_tuning")
     return _RunState(
+        rag_tuning=TextRagTuning.model_validate(rag_tuning) if rag_tuning else None,
         t_done=int(resume["t_done"]),
         edit_latencies=[float(x) for x in resume.get("edit_latencies_s", [])],
         checkpoints=[CheckpointResult.model_validate(c) for c in raw.get("checkpoints", [])],
@@ -1700,6 +1988,14 @@ def _inactive_ids(store: Any) -> set[str]:
     except TypeError:  # pragma: no cover - a store without include_inactive
         return set()
     return {r.edit_id for r in records if not r.active}
+
+
+def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos_id is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos_id
 
 
 def _cl100k() -> Any:

@@ -48,6 +48,8 @@ PLOTTED_METRICS: tuple[tuple[str, str, Callable[[MethodMetrics], float | None]],
     ("em_prompt", "EM (prompt, greedy)", lambda m: m.em_prompt),
     ("em_paraphrase", "EM (paraphrase, greedy)", lambda m: m.em_paraphrase),
     ("locality_unchanged", "Locality output unchanged", lambda m: m.locality_unchanged),
+    ("answer_accuracy", "Answer accuracy (prompt)", lambda m: m.answer_accuracy),
+    ("locality_kept", "Locality kept (first sentence)", lambda m: m.locality_kept),
     ("correct_hit_prompt", "Correct hit (prompt)", lambda m: m.gate.correct_hit_prompt),
     ("correct_hit_paraphrase", "Correct hit (paraphrase)", lambda m: m.gate.correct_hit_paraphrase),
     ("false_fire_locality", "False fire (locality)", lambda m: m.gate.false_fire_locality),
@@ -56,8 +58,8 @@ PLOTTED_METRICS: tuple[tuple[str, str, Callable[[MethodMetrics], float | None]],
 """``(key, title, getter)`` of each metric drawn against ``T``."""
 
 
-_MARKERS = ("o", "s", "^", "D", "v", "P")
-_DASHES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)))
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_DASHES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)), (0, (1, 1)), (0, (7, 2, 1, 2)))
 
 
 def _f(value: float | int | None, digits: int = 3) -> str:
@@ -122,17 +124,27 @@ def markdown_report(results: EvalResults) -> str:
 
     lines += ["", f"## Quality at T = {final.t}", ""]
     lines += _table(
-        ["method", "Reliability", "Generality", "Locality", "EM prompt", "EM paraphrase", "Locality unchanged"],
+        ["method", "Reliability", "Generality", "Locality", "answer acc. prompt", "answer acc. paraphrase",
+         "locality kept", "EM prompt", "EM paraphrase", "Locality unchanged"],
         [
-            [f"`{m}`", _f(mm.reliability), _f(mm.generality), _f(mm.locality), _f(mm.em_prompt),
+            [f"`{m}`", _f(mm.reliability), _f(mm.generality), _f(mm.locality), _f(mm.answer_accuracy),
+             _f(mm.answer_accuracy_paraphrase), _f(mm.locality_kept), _f(mm.em_prompt),
              _f(mm.em_paraphrase), _f(mm.locality_unchanged)]
             for m, mm in final.methods.items()
         ],
     )
     lines += ["", "Reliability/Generality: teacher-forced token accuracy of the new target; Locality: share of the "
-              "unedited model's argmax tokens kept; EM: greedy "
-              f"{ev.get('gen_tokens', 16)}-token output starts with the new target; Locality unchanged: greedy "
-              "output identical to the unedited model's."]
+              "unedited model's argmax tokens kept; answer accuracy: the first sentence of the greedy "
+              f"{ev.get('gen_tokens', 16)}-token output (case, accents and punctuation folded) names the new target "
+              "and not the old answer; locality kept: that first sentence equals the unedited model's; EM: greedy "
+              "output starts with the new target; Locality unchanged: greedy output identical to the unedited "
+              f"model's. Generated outputs: {final.counts.get('generation_examples', final.n_measured)} examples."]
+    answered = final.counts.get("general_answered", 0)
+    if answered:
+        lines += ["", f"General ability: greedy answer accuracy on {answered} general questions (the first sentence "
+                  "names a reference answer) with the store of T edits: "
+                  + ", ".join(f"`{m}` {_f(mm.general_answer_accuracy)}" for m, mm in final.methods.items())
+                  + ". An empty store never fires, so every method then answers as `no-edit`."]
 
     lines += ["", "## Gate statistics", ""]
     lines += _table(
@@ -178,11 +190,31 @@ def markdown_report(results: EvalResults) -> str:
         f"Edit latency (`store.add_edit`, {el.get('n')} edits): p50 {_ms(el, 'p50')} ms, p95 {_ms(el, 'p95')} ms. "
         f"Peak memory {_f(results.peak_memory_mib, 0)} MiB. Wall time {results.wall_time_s / 60:.1f} min.",
     ]
+    if results.text_rag_tuning is not None:
+        tu = results.text_rag_tuning
+        th2 = tu.threshold
+        fmt_scores = "; ".join(
+            f"{name}: {_f(v.get('score'))} (answer accuracy {_f(v.get('answer_accuracy'))}, locality kept "
+            f"{_f(v.get('locality_kept'))})"
+            for name, v in tu.format_scores.items()
+        )
+        lines += [
+            "",
+            "## The text-RAG baseline",
+            "",
+            f"`text-rag`: {tu.retrieval}. Threshold {th2.value:.4f}, tuned on dev by balanced accuracy "
+            f"{th2.balanced_accuracy:.3f} (fire on {th2.tpr:.3f} of {th2.n_positive} dev prompts/paraphrases, quiet on "
+            f"{th2.tnr:.3f} of {th2.n_negative} dev locality prompts and general questions; dev rows {tu.dev_rows}). "
+            f"Prompt format `{tu.format}`"
+            + (f", the better on {tu.format_dev_examples} dev examples ({fmt_scores})" if fmt_scores else "")
+            + ". `text-rag-top1` always puts the top-1 statement in front; `text-rag-oracle` the example's own "
+            "statement, in the same format.",
+        ]
     if results.text_rag_threshold is not None:
         th = results.text_rag_threshold
         lines += [
             "",
-            f"text-rag threshold {th.value:.4f}, tuned on {th.dev_size} dev examples ({th.dev_source}): dev "
+            f"text-rag-recipe-sim threshold {th.value:.4f}, tuned on {th.dev_size} dev examples ({th.dev_source}): dev "
             f"objective {th.dev_objective:.3f} (hit accuracy {_f(th.dev_hit_accuracy)}, non-fire "
             f"{_f(th.dev_non_fire)}). {th.procedure}",
         ]
@@ -214,11 +246,11 @@ def markdown_report(results: EvalResults) -> str:
                     continue
                 rows.append([
                     str(cp.t) + (" (sub)" if cp.subsampled else ""), f"`{m}`", _f(mm.reliability), _f(mm.generality),
-                    _f(mm.locality), _f(mm.em_prompt), _f(mm.em_paraphrase), _f(mm.locality_unchanged),
+                    _f(mm.locality), _f(mm.answer_accuracy), _f(mm.locality_kept), _f(mm.em_prompt),
                     _f(mm.gate.correct_hit_prompt), _f(mm.gate.false_fire_locality), _f(mm.gate.false_fire_general),
                 ])
         lines += _table(
-            ["T", "method", "Rel", "Gen", "Loc", "EM p", "EM para", "Loc unch", "correct hit", "FF loc", "FF gen"],
+            ["T", "method", "Rel", "Gen", "Loc", "answer acc", "loc kept", "EM p", "correct hit", "FF loc", "FF gen"],
             rows,
         )
         subs = [cp for cp in results.checkpoints if cp.subsampled]
@@ -315,6 +347,33 @@ def plot_gate_latency(results: EvalResults, path: str | os.PathLike[str]) -> Pat
     return path
 
 
+def plot_text_rag_dev_curve(results: EvalResults, path: str | os.PathLike[str]) -> Path:
+    """text-rag's dev curve: fire rate on positives, quiet rate on negatives and balanced
+    accuracy against the cosine threshold, with the chosen threshold marked; saved as PNG.
+
+    Raises:
+        ValueError: If the run tuned no text-rag threshold.
+    """
+    if results.text_rag_tuning is None:
+        raise ValueError("no text-rag tuning to plot")
+    th = results.text_rag_tuning.threshold
+    xs = [p.threshold for p in th.curve]
+    fig, axes = _figure(1, 1, (6.5, 4.0))
+    ax = axes[0][0]
+    ax.plot(xs, [p.tpr for p in th.curve], label="fires on dev prompts/paraphrases (TPR)")
+    ax.plot(xs, [p.tnr for p in th.curve], label="quiet on dev locality/general (TNR)", linestyle="--")
+    ax.plot(xs, [p.balanced_accuracy for p in th.curve], label="balanced accuracy", linewidth=2.4)
+    ax.axvline(th.value, color="k", alpha=0.5, linestyle=":", label=f"chosen {th.value:.3f}")
+    ax.set_xlabel("cosine similarity threshold")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def write_json(results: EvalResults, path: str | os.PathLike[str]) -> Path:
     """Write ``results`` as strict JSON (no NaN), atomically."""
     path = Path(path)
@@ -348,5 +407,7 @@ def write_report(results: EvalResults, out_dir: str | os.PathLike[str], *, plots
         paths["metrics_vs_T"] = plot_metrics_vs_t(results, out / "metrics_vs_T.png")
         if any(p.p50_s is not None for p in results.gate_latency):
             paths["gate_latency"] = plot_gate_latency(results, out / "gate_latency_vs_store_size.png")
+        if results.text_rag_tuning is not None:
+            paths["text_rag_dev_curve"] = plot_text_rag_dev_curve(results, out / "text_rag_dev_curve.png")
     logger.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths
