@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench-store clean
+.PHONY: install demo test test-fast bench-store bench-quality bench-scale clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,20 @@ bench-store: $(STAMP)
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py --int8-queries --int8-statements --write-behind --backends embedded --name store-write-behind
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_chroma_sync_threshold.py
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_add_edit_floor.py
+
+# Quality suite (~1 h on 2 cores): every evaluation set at T = 1,000 (CounterFact eval, ZsRE,
+# KnowEdit recent, HalluEditBench dev subjects) with RECIPE and the text-RAG baselines, plus
+# portability -> benchmarks/results/suite/SUMMARY.md. Resumable: rerun to continue.
+bench-quality: $(STAMP)
+	$(VENV)/bin/recipe-chain eval-suite --out benchmarks/results/suite --threads 2
+
+# T = 10,000 sequential CounterFact edits with the shipped checkpoint (~1 h on 2 cores).
+bench-scale: $(STAMP)
+	$(VENV)/bin/recipe-chain eval --data ../shared/data/counterfact/eval.json --edits 10000 --seed 0 \
+		--dev-data ../shared/data/counterfact/train.json --duplicate-facts supersede \
+		--methods no-edit,recipe,text-rag,text-rag-top1,text-rag-oracle --t-grid 100,1000,3000,10000 \
+		--checkpoint-sample 300 --final-sample 500 --gen-sample 200 --general-n 500 --general-answer-n 300 \
+		--latency-samples 10 --threads 2 --out benchmarks/results/eval/cf-T10000-current --resume
 
 clean:
 	rm -rf $(VENV) build *.egg-info

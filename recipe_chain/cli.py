@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "recipe_chain.commands.store_commands",
     "recipe_chain.commands.train",
     "recipe_chain.commands.evaluate",
+    "recipe_chain.commands.suite",
 )
 
 logger = logging.getLogger("recipe_chain.cli")

@@ -12,6 +12,12 @@ Four record formats are read into one model, :class:`EditExample`:
   ``portability`` is ignored).
 * ``counterfact_rome`` -- ROME's original CounterFact (``requested_rewrite``,
   ``paraphrase_prompts``, ``neighborhood_prompts``).
+* ``hallueditbench`` -- HalluEditBench's question form, one *true* fact per record
+  (``subject``, ``question``, ``object``, ``multiple_choices``,
+  ``paraphrased_question``, ``locality_question``). The counterfactual ``target_new``
+  is one of the record's wrong choices, picked by a generator seeded with the record's
+  subject and question, so every load gives the same edit; :func:`split_by_subject`
+  gives the train/dev split.
 
 The format is detected per file from its first record (or forced with ``format=``);
 every record is then validated against it. Any problem with a file's content raises
@@ -48,11 +54,12 @@ __all__ = [
     "iter_records",
     "load_edit_examples",
     "load_questions",
+    "split_by_subject",
 ]
 
 logger = logging.getLogger(__name__)
 
-DataFormat = Literal["counterfact_flat", "zsre_mend", "knowedit", "counterfact_rome"]
+DataFormat = Literal["counterfact_flat", "zsre_mend", "knowedit", "counterfact_rome", "hallueditbench"]
 """Names of the record formats :func:`load_edit_examples` understands."""
 
 DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
@@ -320,6 +327,8 @@ def detect_format(record: dict[str, Any]) -> DataFormat:
     keys = set(record)
     if "requested_rewrite" in keys:
         return "counterfact_rome"
+    if {"question", "object", "multiple_choices"} <= keys:
+        return "hallueditbench"
     if keys & {"src", "alt"}:
         return "zsre_mend"
     if keys & {"prompt", "target_new"}:
@@ -331,7 +340,8 @@ def detect_format(record: dict[str, Any]) -> DataFormat:
         "counterfact_flat (prompt, target_new, rephrase_prompt, locality_prompt, ...), "
         "zsre_mend (src, alt, answers, rephrase, loc, loc_ans), "
         "knowedit (prompt, target_new, rephrase_prompt, locality: {...}, portability), "
-        "counterfact_rome (requested_rewrite, paraphrase_prompts, neighborhood_prompts)"
+        "counterfact_rome (requested_rewrite, paraphrase_prompts, neighborhood_prompts), "
+        "hallueditbench (subject, question, object, multiple_choices, paraphrased_question, locality_question)"
     )
 
 
@@ -543,11 +553,84 @@ def _parse_counterfact_rome(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _parse_hallueditbench(record: dict[str, Any]) -> dict[str, Any]:
+    import ast
+    import hashlib
+    import random
+
+    subject = _required_text(record, "subject")
+    question = _required_text(record, "question")
+    true = _required_text(record, "object")
+    raw = record.get("multiple_choices", _MISSING)
+    if raw is _MISSING:
+        raise _RecordError("multiple_choices", "is missing")
+    choices: Any = raw
+    if isinstance(raw, str):  # the CSV-derived files hold a Python list literal in a string
+        try:
+            choices = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            raise _RecordError("multiple_choices", f"is not a list literal: {raw[:80]!r}") from None
+    if not isinstance(choices, (list, tuple)) or not all(isinstance(c, (str, int, float)) for c in choices):
+        raise _RecordError("multiple_choices", f"must be a list of strings, got {_describe(choices)}")
+    wrong = sorted({str(c).strip() for c in choices if str(c).strip() and str(c).strip().casefold() != true.casefold()})
+    if not wrong:
+        raise _RecordError("multiple_choices", "holds no wrong choice to make a counterfactual target from")
+    seed = hashlib.sha256(f"hallueditbench\x1f{subject}\x1f{question}".encode()).digest()
+    target_new = random.Random(seed).choice(wrong)
+    locality_question = _optional_text(record, "locality_question")
+    return {
+        "prompt": question,
+        "target_new": target_new,
+        "subject": subject,
+        "ground_truth": true,
+        "paraphrases": _text_list(record.get("paraphrased_question"), "paraphrased_question"),
+        "locality": [LocalityPrompt(prompt=locality_question)] if locality_question else [],
+    }
+
+
+def split_by_subject(
+    examples: Sequence[EditExample], *, dev_share: float = 0.2, salt: str = "recipe-chain-dev"
+) -> tuple[list[EditExample], list[EditExample]]:
+    """Split examples into train and dev so that no subject is in both.
+
+    A subject goes to dev iff a hash of its normalised form (and ``salt``) falls in the
+    lowest ``dev_share`` of the hash range: the split depends on the subject alone, not on
+    the order or the rest of the file, so the dev subjects of a file stay dev subjects
+    in every run and every version of the data.
+
+    Args:
+        examples: Examples with a ``subject`` (those without one go to train).
+        dev_share: Share of subjects sent to dev, in ``(0, 1)``.
+        salt: Changes which subjects are drawn.
+
+    Returns:
+        ``(train, dev)`` in input order.
+
+    Raises:
+        ValueError: If ``dev_share`` is not in ``(0, 1)``.
+    """
+    import hashlib
+
+    if not 0.0 < dev_share < 1.0:
+        raise ValueError(f"dev_share must be in (0, 1), got {dev_share}")
+    train: list[EditExample] = []
+    dev: list[EditExample] = []
+    for ex in examples:
+        if ex.subject is None:
+            train.append(ex)
+            continue
+        key = " ".join(ex.subject.casefold().split())
+        h = int.from_bytes(hashlib.sha256(f"{salt}\x1f{key}".encode()).digest()[:8], "big") / 2**64
+        (dev if h < dev_share else train).append(ex)
+    return train, dev
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "counterfact_flat": _parse_counterfact_flat,
     "zsre_mend": _parse_zsre_mend,
     "knowedit": _parse_knowedit,
     "counterfact_rome": _parse_counterfact_rome,
+    "hallueditbench": _parse_hallueditbench,
 }
 
 

@@ -77,7 +77,7 @@ class ScriptedEmbeddings(Embeddings):
         if m is None:
             v[255] = 1.0
             return v
-        i = int(m.group(2))
+        i = int(m.group(2)) % 240  # axes 240.. are the query kinds
         if m.group(1) == "Isle":
             a, extra = 0.4, 252
         elif text.startswith(f"Land{i} has"):

@@ -99,7 +99,7 @@ from recipe_chain.loading import llm_id_of
 from recipe_chain.prefix_lm import PrefixedCausalLM, TargetScore
 from recipe_chain.statement_index import SentenceEmbeddings, StatementHit, StatementIndex
 from recipe_chain.store import normalize_prompt
-from recipe_chain.text_rag import format_text_rag_prompt
+from recipe_chain.text_rag import CONTEXT_SEPARATOR, format_text_rag_prompt
 
 __all__ = [
     "Method",
@@ -113,6 +113,7 @@ __all__ = [
     "GateLatencyPoint",
     "TextRagThreshold",
     "TextRagTuning",
+    "QuestionMetrics",
     "EvalResults",
     "Selection",
     "LifelongEvaluator",
@@ -448,6 +449,22 @@ class TextRagTuning(BaseModel):
     format: Literal["plain", "chat"]
     format_scores: dict[str, dict[str, float | None]]
     format_dev_examples: int
+
+
+class QuestionMetrics(BaseModel):
+    """One method's answers to questions asked after a set of edits (portability).
+
+    Attributes:
+        n: Questions asked.
+        answer_accuracy: Share whose greedy answer names an accepted answer.
+        fired: Share on which the method used an edit.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    n: int
+    answer_accuracy: float | None
+    fired: float | None
 
 
 class Selection(BaseModel):
@@ -1294,6 +1311,102 @@ class LifelongEvaluator:
             dev_store.clear()
             dev_store.close()
 
+    # ------------------------------------------------------------------ portability
+    def use_tuning(self, tuning: TextRagTuning | None, recipe_sim: TextRagThreshold | None = None) -> None:
+        """Adopt text-RAG settings tuned by an earlier :meth:`run` (e.g. for :meth:`answer_questions`)."""
+        if tuning is not None:
+            self._rag_threshold = tuning.threshold.value
+            self._rag_format = tuning.format
+        if recipe_sim is not None:
+            self._threshold = recipe_sim.value
+
+    def answer_questions(
+        self,
+        edits: Sequence[EditExample],
+        questions: Sequence[LocalityPrompt],
+        *,
+        namespace: str = "questions",
+        desc: str = "questions",
+        oracle_statements: Sequence[Sequence[str]] | None = None,
+    ) -> dict[str, QuestionMetrics]:
+        """Edit ``edits`` into a fresh store, then ask ``questions`` with every method.
+
+        This measures what an edit implies beyond its own prompt (portability: a
+        question whose answer follows from the edited facts). Each question's
+        ``accepted_answers`` are the answers that count; answer accuracy is
+        :func:`~recipe_chain.evaluation.answers.contains_answer` on the greedy output.
+        ``text-rag-oracle`` puts the statements of ``oracle_statements`` (per question:
+        the edits it depends on) in front, the upper bound of text in the context when
+        the right statements are known.
+
+        Args:
+            edits: The edits, made one at a time (a repeated prompt supersedes).
+            questions: The questions, with their accepted answers.
+            namespace: Store namespace (cleared before and after).
+            desc: Progress-bar label.
+            oracle_statements: Per question, the statements ``text-rag-oracle`` gives it
+                (default: none, so the oracle answers as ``no-edit``).
+
+        Returns:
+            Method name -> :class:`QuestionMetrics`.
+
+        Raises:
+            ValueError: If a text-RAG method's threshold is not set (run :meth:`run` or
+                :meth:`use_tuning` first).
+        """
+        methods = self.config.methods
+        if "text-rag" in methods and self._rag_threshold is None:
+            raise ValueError("text-rag's threshold is not set; call use_tuning() with a run's text_rag_tuning")
+        if "text-rag-recipe-sim" in methods and self._threshold is None:
+            raise ValueError("text-rag-recipe-sim's threshold is not set; call use_tuning()")
+        store = self.store_factory(namespace)
+        saved_index, saved_journal = self._index, self._journal
+        self._journal = None
+        self._index = self._new_index() if self._uses_index() else None
+        try:
+            store.clear()
+            ids: list[str] = []
+            for i, ex in enumerate(_bar(edits, self.progress, desc=f"{desc}: edits", unit="edit", leave=False)):
+                eid = f"{namespace}-{i:06d}"
+                store.add_edit(ex.prompt, ex.target_new, subject=ex.subject, edit_id=eid)
+                if self._index is not None:
+                    self._index_edit(ex, eid)
+                ids.append(eid)
+            rows = [_Row("general", None, q.prompt, None, answers=q.accepted_answers) for q in questions]
+            texts = [r.text for r in rows]
+            gates = self._gate_all(store, texts, desc=f"{desc}: gate")
+            hits = self._search_all(self._index, texts, desc=f"{desc}: search") if self._index is not None else {}
+            if oracle_statements is not None and len(oracle_statements) != len(rows):
+                raise ValueError(f"{len(oracle_statements)} oracle statement lists for {len(rows)} questions")
+            plans: dict[str, list[_Plan]] = {}
+            for m in ("no-edit", *[m for m in methods if m != "no-edit"]):
+                if m == "text-rag-oracle":
+                    plans[m] = [
+                        _Plan("oracle", self._rag_text(r.text, CONTEXT_SEPARATOR.join(own)), None)
+                        if own else _Plan(None, r.text, None)
+                        for r, own in zip(rows, oracle_statements or [()] * len(rows))
+                    ]
+                else:
+                    plans[m] = [self._plan(m, r, gates[r.text], ids, {}, hits.get(r.text)) for r in rows]
+            keys = {(p.text, p.prefix) for ps in plans.values() for p in ps}
+            outputs = self._generate_unique(keys, store, desc=f"{desc}: generate")
+            return {
+                m: QuestionMetrics(
+                    n=len(rows),
+                    answer_accuracy=M.rate(
+                        A.contains_answer(outputs[(p.text, p.prefix)], r.answers) for p, r in zip(plans[m], rows)
+                    ),
+                    fired=M.rate(p.fired is not None for p in plans[m]),
+                )
+                for m in methods
+            }
+        finally:
+            if self._index is not None:
+                self._index.close()
+            self._index, self._journal = saved_index, saved_journal
+            store.clear()
+            store.close()
+
     # ------------------------------------------------------------------ measurement
     def measure(
         self,
@@ -1797,7 +1910,7 @@ class LifelongEvaluator:
 
     # ------------------------------------------------------------------ internals: run state
     def _usable_questions(self, questions: Sequence[LocalityPrompt]) -> list[LocalityPrompt]:
-        questions = list(questions)[: self.config.general_n]
+        questions = list(questions)
         if not questions:
             return []
         enc_tok = self.editor.encoder.tokenizer
