@@ -30,6 +30,7 @@ from recipe_chain.data import EditExample, LocalityPrompt, load_edit_examples
 from recipe_chain.evaluation import harness as H
 from recipe_chain.evaluation.harness import EvalConfig, EvalResults, LifelongEvaluator, best_threshold, select_examples
 from recipe_chain.evaluation.report import markdown_report, write_report
+from recipe_chain.statement_index import SentenceEmbeddings
 from tiny_models import tiny_backbone, tiny_causal_lm
 
 # ------------------------------------------------------------------------------- models
@@ -101,7 +102,7 @@ class ScriptedEmbeddings(Embeddings):
 @pytest.fixture(autouse=True)
 def scripted_sentence_embeddings(monkeypatch):
     """The text-RAG baseline's sentence encoder is scripted in these tests (no MiniLM load)."""
-    monkeypatch.setattr(H.SentenceEmbeddings, "default", classmethod(lambda cls: ScriptedEmbeddings()))
+    monkeypatch.setattr(SentenceEmbeddings, "default", classmethod(lambda cls: ScriptedEmbeddings()))
 
 
 def make_examples(n: int, offset: int = 0) -> list[EditExample]:

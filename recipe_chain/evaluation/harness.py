@@ -9,18 +9,25 @@ process, on the same edits and the same store content:
 * ``no-edit``: the unedited LLM;
 * ``recipe``: the Knowledge Sentinel gate + the hit's continuous prompt vectors (prefix);
 * ``recipe-no-gate``: always the top-1 edit's prompt vectors (ablation of the sentinel);
-* ``text-rag``: the top-1 edit's *statement* put in front of the query with the
-  standard LangChain ``PromptTemplate`` of :func:`recipe_chain.text_rag.format_text_rag_prompt`,
-  admitted iff its similarity reaches a threshold tuned on a disjoint dev split
-  (see :meth:`LifelongEvaluator.tune_threshold`);
+* ``text-rag``: the baseline a LangChain user would build: plain all-MiniLM-L6-v2
+  cosine similarity over the edit statements in a Chroma collection
+  (:mod:`recipe_chain.statement_index`), the top-1 statement put in front of the query
+  when its similarity reaches a threshold tuned on a disjoint dev split by balanced
+  accuracy, in the prompt format (plain or chat template) that did better on dev
+  (see :meth:`LifelongEvaluator.tune_text_rag`);
+* ``text-rag-top1``: always the top-1 statement of that index, no threshold;
+* ``text-rag-recipe-sim``: the top-1 edit of the RECIPE store admitted iff its RECIPE
+  similarity ``q.k/sqrt(d)`` reaches a tuned threshold (kept for comparison with older
+  results; that similarity's scale moves with the query, so one threshold separates poorly);
 * ``text-rag-oracle``: the example's own statement always put in front -- also in front
   of its *locality* prompts, which is what an always-on text edit does to unrelated
   prompts. It is the upper bound of text RAG on Reliability/Generality.
 
 Every query (edit prompts, paraphrases, locality prompts, general questions) is gated
 once per measurement with :meth:`~recipe_chain.store.RecipeKnowledgeStore.gate_batch`;
-``recipe``, ``recipe-no-gate`` and ``text-rag`` all derive their decision from the same
-:class:`~recipe_chain.store.GateResult` (its best candidate and its hit). Identical LLM
+``recipe``, ``recipe-no-gate`` and ``text-rag-recipe-sim`` derive their decision from the
+same :class:`~recipe_chain.store.GateResult` (its best candidate and its hit); the text-RAG
+methods share one statement index that is edited alongside the store. Identical LLM
 inputs across methods (same text, same prefix) are scored and generated once.
 
 Metrics (see :mod:`recipe_chain.evaluation.metrics`), averaged per example, then over
@@ -31,9 +38,12 @@ examples:
 * Locality: teacher-forced on the locality prompt + its reference answer (or, without
   one, the unedited model's greedy continuation, first line), the share of the unedited
   model's argmax tokens the method keeps.
-* User-visible: greedy ``gen_tokens``-token generation exact match of ``target_new``
-  (stripped output starts with it) on the prompt and the paraphrases; share of locality
-  prompts whose greedy output is unchanged versus the unedited model.
+* User-visible (:mod:`recipe_chain.evaluation.answers`): answer accuracy, the first
+  sentence of the greedy ``gen_tokens``-token output names ``target_new`` and not the old
+  answer, on the prompt and the paraphrases; locality kept, that first sentence equals
+  the unedited model's; and the older, more lenient exact match (output starts with
+  ``target_new``) and "output unchanged". At the final ``T``, ``general_answer_n``
+  general questions are also answered and scored (general ability).
 * Gate statistics (shares of queries): hit rate on edit prompts; correct-hit rate (the
   example's own edit is used) on prompts and on paraphrases; false-fire rate on locality
   prompts and on general questions (e.g. NQ-open).
@@ -94,10 +104,10 @@ from recipe_chain.data import EditExample, LocalityPrompt
 from recipe_chain.editor import RecipeEditor
 from recipe_chain.evaluation import answers as A
 from recipe_chain.evaluation import metrics as M
-from recipe_chain.evaluation.thresholds import TunedThreshold, tune_balanced_threshold
 from recipe_chain.loading import llm_id_of
 from recipe_chain.prefix_lm import PrefixedCausalLM, TargetScore
-from recipe_chain.statement_index import SentenceEmbeddings, StatementHit, StatementIndex
+from recipe_chain.evaluation.text_rag_baseline import TextRagBaseline, TextRagTuning
+from recipe_chain.statement_index import StatementHit
 from recipe_chain.store import normalize_prompt
 from recipe_chain.text_rag import CONTEXT_SEPARATOR, format_text_rag_prompt
 
@@ -425,30 +435,6 @@ class TextRagThreshold(BaseModel):
     dev_objective: float
     dev_hit_accuracy: float | None
     dev_non_fire: float | None
-
-
-class TextRagTuning(BaseModel):
-    """How the fair text-RAG baseline was tuned on the dev split.
-
-    Attributes:
-        retrieval: What scores queries (plain sentence-embedding cosine similarity).
-        threshold: The balanced-accuracy threshold and its dev curve.
-        dev_rows: Dev positives (prompts, paraphrases) and negatives (locality prompts,
-            general questions).
-        format: The prompt format the text-RAG methods use.
-        format_scores: Dev score of each format tried: the mean of answer accuracy on
-            dev prompts/paraphrases and locality kept on dev locality prompts.
-        format_dev_examples: Dev examples the format choice was measured on.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    retrieval: str
-    threshold: TunedThreshold
-    dev_rows: dict[str, int]
-    format: Literal["plain", "chat"]
-    format_scores: dict[str, dict[str, float | None]]
-    format_dev_examples: int
 
 
 class QuestionMetrics(BaseModel):
@@ -877,11 +863,6 @@ def _rows_for(examples: Sequence[EditExample], questions: Sequence[LocalityPromp
     return rows
 
 
-def fact_id(prompt: str) -> str:
-    """The text-RAG index id of a fact: one current statement per normalised prompt."""
-    return "fact-" + hashlib.sha1(normalize_prompt(prompt).encode()).hexdigest()[:20]
-
-
 def _first_line(text: str) -> str | None:
     line = text.strip().split("\n", 1)[0].strip()
     return line or None
@@ -940,11 +921,13 @@ class LifelongEvaluator:
         self._cl_len: dict[str, int] = {}
         self._cl100k = _cl100k()
         self._threshold: float | None = None  # text-rag-recipe-sim
-        self._sentence_embeddings = sentence_embeddings
-        self._index: StatementIndex | None = None  # the text-RAG statements of the evaluated store
-        self._rag_threshold: float | None = None  # text-rag (cosine similarity)
-        self._rag_format: str = "plain" if config.text_rag_format == "auto" else config.text_rag_format
-        self._adds_bos = _adds_bos(tokenizer)
+        self.text_rag = TextRagBaseline(
+            tokenizer,
+            sentence_embeddings,
+            prompt_format="plain" if config.text_rag_format == "auto" else config.text_rag_format,
+            batch_size=config.gate_batch_size,
+            progress=progress,
+        )
 
     # ------------------------------------------------------------------ public API
     def select(
@@ -1042,16 +1025,16 @@ class LifelongEvaluator:
         if out is not None:
             self._journal_open(out / JOURNAL_FILE, config_key, resume)
         store = self.store_factory("eval")
-        self._index = self._new_index() if self._uses_index() else None
+        if self._uses_index():
+            self.text_rag.open()
         if state.t_done:
             self._prepare_resume(store, edit_ids, state.t_done)
             self._threshold = state.threshold.value if state.threshold is not None else None
             if state.rag_tuning is not None:
-                self._rag_threshold = state.rag_tuning.threshold.value
-                self._rag_format = state.rag_tuning.format
-            if self._index is not None:  # the index is in memory: rebuild it from the edits made
+                self.text_rag.adopt(state.rag_tuning)
+            if self.text_rag.index is not None:  # the index is in memory: rebuild it from the edits made
                 for i in range(state.t_done):
-                    self._index_edit(eval_examples[i], edit_ids[i])
+                    self.text_rag.add_edit(eval_examples[i], edit_ids[i])
             logger.info("Resuming after %d of %d edits", state.t_done, len(eval_examples))
         else:
             store.clear()
@@ -1064,8 +1047,6 @@ class LifelongEvaluator:
         if "text-rag" in cfg.methods and state.rag_tuning is None:
             t0 = time.perf_counter()
             state.rag_tuning = self.tune_text_rag(selection.dev_examples, dev_questions)
-            self._rag_threshold = state.rag_tuning.threshold.value
-            self._rag_format = state.rag_tuning.format
             phases["dev_tuning"] = time.perf_counter() - t0
 
         checkpoints = set(cfg.checkpoints())
@@ -1082,8 +1063,8 @@ class LifelongEvaluator:
             t0 = time.perf_counter()
             store.add_edit(ex.prompt, ex.target_new, subject=ex.subject, metadata=metadata, edit_id=edit_ids[i])
             dt = time.perf_counter() - t0
-            if self._index is not None:
-                self._index_edit(ex, edit_ids[i])
+            if self.text_rag.index is not None:
+                self.text_rag.add_edit(ex, edit_ids[i])
             state.edit_latencies.append(dt)
             editing_s += dt
             t = i + 1
@@ -1117,9 +1098,7 @@ class LifelongEvaluator:
         phases["editing"] = editing_s
         phases["measurement"] = measure_s
         store.close()
-        if self._index is not None:
-            self._index.close()
-            self._index = None
+        self.text_rag.close()
         results = self._results(state, config_dump, selection, phases, started, complete=True)
         if out is not None:
             for name in (PARTIAL_FILE, JOURNAL_FILE):
@@ -1132,135 +1111,31 @@ class LifelongEvaluator:
     def tune_text_rag(
         self, dev_examples: Sequence[EditExample], dev_questions: Sequence[LocalityPrompt] = ()
     ) -> TextRagTuning:
-        """Tune the fair text-RAG baseline on dev: its cosine threshold, then its prompt format.
+        """Tune the fair text-RAG baseline on dev (see :meth:`TextRagBaseline.tune`) and adopt it.
 
-        The dev statements go into their own statement index. The threshold maximises
-        balanced accuracy of "fire" on dev prompts and paraphrases against "don't fire"
-        on dev locality prompts and general questions
-        (:func:`~recipe_chain.evaluation.thresholds.tune_balanced_threshold`). With
-        ``text_rag_format="auto"`` both prompt formats are then run on the first
-        ``format_dev_sample`` dev examples and the one with the higher mean of answer
-        accuracy and locality kept is chosen (plain on a tie).
+        Dev generations are cached like the run's but not journaled.
 
         Raises:
             ValueError: Without dev examples, or without any dev negatives.
         """
-        if not dev_examples:
-            raise ValueError("text-rag needs dev examples to tune its threshold")
-        index = self._new_index()
-        try:
-            for i, ex in enumerate(dev_examples):
-                index.upsert(fact_id(ex.prompt), ex.statement, {"edit_id": f"dev-{i:06d}"})
-            rows = _rows_for(dev_examples, dev_questions)
-            hits = self._search_all(index, [r.text for r in rows], desc="dev text-rag")
-            positives = [hits[r.text].score for r in rows if r.kind in ("prompt", "paraphrase") and hits[r.text]]
-            negatives = [hits[r.text].score for r in rows if r.kind in ("locality", "general") and hits[r.text]]
-            tuned = tune_balanced_threshold(positives, negatives)
-            logger.info(
-                "text-rag cosine threshold %.4f (dev balanced accuracy %.3f: fire %.3f, quiet %.3f)",
-                tuned.value, tuned.balanced_accuracy, tuned.tpr, tuned.tnr,
-            )
-            self._rag_threshold = tuned.value
-            sample = list(dev_examples[: self.config.format_dev_sample])
-            scores: dict[str, dict[str, float | None]] = {}
-            if self.config.text_rag_format == "auto":
-                formats = ["plain"] + (["chat"] if self._has_chat_template() else [])
-                for fmt in formats:
-                    scores[fmt] = self._format_dev_score(index, sample, fmt, tuned.value)
-                if "chat" not in scores:
-                    scores["chat"] = {"score": None, "answer_accuracy": None, "locality_kept": None}
-                chosen = max(formats, key=lambda f: (scores[f]["score"] or 0.0, f == "plain"))
-            else:
-                chosen = self.config.text_rag_format
-            logger.info("text-rag prompt format: %s (dev scores %s)", chosen, scores)
-            return TextRagTuning(
-                retrieval="cosine similarity of mean-pooled sentence embeddings (all-MiniLM-L6-v2 by default) "
-                "in a Chroma collection of the edit statements; top-1 admitted iff similarity >= threshold",
-                threshold=tuned,
-                dev_rows={
-                    "positive": len(positives),
-                    "negative": len(negatives),
-                    "negative_locality": sum(r.kind == "locality" for r in rows),
-                    "negative_general": sum(r.kind == "general" for r in rows),
-                },
-                format=chosen,  # type: ignore[arg-type]
-                format_scores=scores,
-                format_dev_examples=len(sample) if self.config.text_rag_format == "auto" else 0,
-            )
-        finally:
-            index.close()
 
-    def _format_dev_score(
-        self, index: StatementIndex, examples: Sequence[EditExample], fmt: str, threshold: float
-    ) -> dict[str, float | None]:
-        """Dev answer accuracy, locality kept and their mean for one prompt format."""
-        rows = _rows_for(examples, ())
-        hits = self._search_all(index, [r.text for r in rows], desc=f"dev {fmt}")
-        keys: list[tuple[str, None]] = []
-        base: list[tuple[str, None]] = []
-        for r in rows:
-            hit = hits[r.text]
-            text = r.text
-            if hit is not None and hit.score >= threshold:
-                text = self._rag_text(r.text, hit.statement, fmt)
-            keys.append((text, None))
-            base.append((r.text, None))
-        saved, self._journal = self._journal, None  # dev generations are not part of the run's journal
-        try:
-            outputs = self._generate_unique(set(keys) | set(base), None, desc=f"dev {fmt} generate")
-        finally:
-            self._journal = saved
-        correct = [
-            A.answer_correct(outputs[k], r.target, old_target=r.old)  # type: ignore[arg-type]
-            for r, k in zip(rows, keys)
-            if r.kind in ("prompt", "paraphrase")
-        ]
-        kept = [
-            A.locality_kept(outputs[k], outputs[b]) for r, k, b in zip(rows, keys, base) if r.kind == "locality"
-        ]
-        acc, loc = M.mean(correct), M.mean(kept)
-        parts = [v for v in (acc, loc) if v is not None]
-        return {"score": M.mean(parts), "answer_accuracy": acc, "locality_kept": loc}
+        def generate(keys: set[tuple[str, None]]) -> dict[tuple[str, None], str]:
+            saved, self._journal = self._journal, None
+            try:
+                return self._generate_unique(keys, None, desc="dev generate")  # type: ignore[arg-type]
+            finally:
+                self._journal = saved
 
-    def _has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
-
-    def _rag_text(self, question: str, statement: str, fmt: str | None = None) -> str:
-        """The LLM input of a text-RAG method: ``statement`` in front of ``question``."""
-        fmt = fmt or self._rag_format
-        if fmt == "plain":
-            return format_text_rag_prompt(question, [statement])
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "system", "content": f"New fact: {statement}"}, {"role": "user", "content": question}],
-            tokenize=False,
-            add_generation_prompt=True,
+        return self.text_rag.tune(
+            dev_examples,
+            dev_questions,
+            generate,
+            prompt_format=self.config.text_rag_format,
+            format_dev_sample=self.config.format_dev_sample,
         )
-        bos = getattr(self.tokenizer, "bos_token", None)
-        if self._adds_bos and bos and text.startswith(bos):  # the tokenizer adds it again
-            text = text[len(bos) :]
-        return text
 
     def _uses_index(self) -> bool:
         return any(m in self.config.methods for m in ("text-rag", "text-rag-top1"))
-
-    def _new_index(self) -> StatementIndex:
-        if self._sentence_embeddings is None:
-            self._sentence_embeddings = SentenceEmbeddings.default()
-        return StatementIndex(self._sentence_embeddings)
-
-    def _index_edit(self, ex: EditExample, edit_id: str) -> None:
-        assert self._index is not None
-        self._index.upsert(fact_id(ex.prompt), ex.statement, {"edit_id": edit_id})
-
-    def _search_all(self, index: StatementIndex, texts: Sequence[str], desc: str) -> dict[str, StatementHit | None]:
-        unique = list(dict.fromkeys(texts))
-        out: dict[str, StatementHit | None] = {}
-        size = self.config.gate_batch_size
-        for start in _bar(range(0, len(unique), size), self.progress, desc=desc, unit="batch", leave=False):
-            chunk = unique[start : start + size]
-            for text, hits in zip(chunk, index.search(chunk, k=1)):
-                out[text] = hits[0] if hits else None
-        return out
 
     def tune_threshold(self, dev_examples: Sequence[EditExample], dev_source: str) -> TextRagThreshold:
         """Tune ``text-rag-recipe-sim``'s RECIPE-similarity threshold in a temporary store namespace.
@@ -1315,8 +1190,7 @@ class LifelongEvaluator:
     def use_tuning(self, tuning: TextRagTuning | None, recipe_sim: TextRagThreshold | None = None) -> None:
         """Adopt text-RAG settings tuned by an earlier :meth:`run` (e.g. for :meth:`answer_questions`)."""
         if tuning is not None:
-            self._rag_threshold = tuning.threshold.value
-            self._rag_format = tuning.format
+            self.text_rag.adopt(tuning)
         if recipe_sim is not None:
             self._threshold = recipe_sim.value
 
@@ -1355,34 +1229,34 @@ class LifelongEvaluator:
                 :meth:`use_tuning` first).
         """
         methods = self.config.methods
-        if "text-rag" in methods and self._rag_threshold is None:
+        if "text-rag" in methods and self.text_rag.threshold is None:
             raise ValueError("text-rag's threshold is not set; call use_tuning() with a run's text_rag_tuning")
         if "text-rag-recipe-sim" in methods and self._threshold is None:
             raise ValueError("text-rag-recipe-sim's threshold is not set; call use_tuning()")
         store = self.store_factory(namespace)
-        saved_index, saved_journal = self._index, self._journal
+        saved_journal = self._journal
         self._journal = None
-        self._index = self._new_index() if self._uses_index() else None
+        index = self.text_rag.new_index() if self._uses_index() else None
         try:
             store.clear()
             ids: list[str] = []
             for i, ex in enumerate(_bar(edits, self.progress, desc=f"{desc}: edits", unit="edit", leave=False)):
                 eid = f"{namespace}-{i:06d}"
                 store.add_edit(ex.prompt, ex.target_new, subject=ex.subject, edit_id=eid)
-                if self._index is not None:
-                    self._index_edit(ex, eid)
+                if index is not None:
+                    self.text_rag.add_edit(ex, eid, index)
                 ids.append(eid)
             rows = [_Row("general", None, q.prompt, None, answers=q.accepted_answers) for q in questions]
             texts = [r.text for r in rows]
             gates = self._gate_all(store, texts, desc=f"{desc}: gate")
-            hits = self._search_all(self._index, texts, desc=f"{desc}: search") if self._index is not None else {}
+            hits = self.text_rag.search_all(texts, f"{desc}: search", index) if index is not None else {}
             if oracle_statements is not None and len(oracle_statements) != len(rows):
                 raise ValueError(f"{len(oracle_statements)} oracle statement lists for {len(rows)} questions")
             plans: dict[str, list[_Plan]] = {}
             for m in ("no-edit", *[m for m in methods if m != "no-edit"]):
                 if m == "text-rag-oracle":
                     plans[m] = [
-                        _Plan("oracle", self._rag_text(r.text, CONTEXT_SEPARATOR.join(own)), None)
+                        _Plan("oracle", self.text_rag.text(r.text, CONTEXT_SEPARATOR.join(own)), None)
                         if own else _Plan(None, r.text, None)
                         for r, own in zip(rows, oracle_statements or [()] * len(rows))
                     ]
@@ -1401,9 +1275,9 @@ class LifelongEvaluator:
                 for m in methods
             }
         finally:
-            if self._index is not None:
-                self._index.close()
-            self._index, self._journal = saved_index, saved_journal
+            if index is not None:
+                index.close()
+            self._journal = saved_journal
             store.clear()
             store.close()
 
@@ -1442,9 +1316,9 @@ class LifelongEvaluator:
             raise ValueError(f"{len(examples)} examples but {len(edit_ids)} edit ids")
         if "text-rag-recipe-sim" in self.config.methods and self._threshold is None:
             raise ValueError("text-rag-recipe-sim's threshold is not tuned yet; call tune_threshold() first")
-        if "text-rag" in self.config.methods and self._rag_threshold is None:
+        if "text-rag" in self.config.methods and self.text_rag.threshold is None:
             raise ValueError("text-rag's threshold is not tuned yet; call tune_text_rag() first")
-        if self._uses_index() and self._index is None:
+        if self._uses_index() and self.text_rag.index is None:
             raise ValueError("the text-RAG methods need the statement index of the store (run() builds it)")
         started = time.perf_counter()
         inactive = _inactive_ids(store)
@@ -1461,8 +1335,7 @@ class LifelongEvaluator:
         gate_batch_s = time.perf_counter() - t0
         hits: dict[str, StatementHit | None] = {}
         if self._uses_index():
-            assert self._index is not None
-            hits = self._search_all(self._index, [r.text for r in rows], desc=f"text-rag search t={t}")
+            hits = self.text_rag.search_all([r.text for r in rows], f"text-rag search t={t}")
 
         methods = self.config.methods
         computed = ("no-edit", *[m for m in methods if m != "no-edit"])
@@ -1590,13 +1463,9 @@ class LifelongEvaluator:
         if method == "recipe-no-gate":
             return _Plan(gate.top_id, row.text, gate.top_statement)
         if method in ("text-rag", "text-rag-top1"):
-            if hit is None:
+            if hit is None or not self.text_rag.admits(hit, thresholded=method == "text-rag"):
                 return _Plan(None, row.text, None)
-            if method == "text-rag":
-                assert self._rag_threshold is not None
-                if hit.score < self._rag_threshold:
-                    return _Plan(None, row.text, None)
-            return _Plan(str(hit.metadata.get("edit_id")), self._rag_text(row.text, hit.statement), None)
+            return _Plan(str(hit.metadata.get("edit_id")), self.text_rag.text(row.text, hit.statement), None)
         if method == "text-rag-recipe-sim":
             assert self._threshold is not None
             if gate.top_id is not None and gate.top_sim is not None and gate.top_sim >= self._threshold:
@@ -1606,7 +1475,7 @@ class LifelongEvaluator:
         if method == "text-rag-oracle":
             if own is None:  # general questions have no edit of their own
                 return _Plan(None, row.text, None)
-            return _Plan(own, self._rag_text(row.text, statements[own]), None)
+            return _Plan(own, self.text_rag.text(row.text, statements[own]), None)
         raise ValueError(f"unknown method {method!r}")
 
     # ------------------------------------------------------------------ internals: LLM
@@ -1819,14 +1688,14 @@ class LifelongEvaluator:
         if method == "no-edit":
             return row.text, None
         if method == "text-rag-oracle":
-            return self._rag_text(row.text, own_statement or ""), None
+            return self.text_rag.text(row.text, own_statement or ""), None
         if method in ("text-rag", "text-rag-top1"):
-            assert self._index is not None
-            found = self._index.search([row.text], k=1)[0]
+            assert self.text_rag.index is not None
+            found = self.text_rag.index.search([row.text], k=1)[0]
             top_hit = found[0] if found else None
-            if top_hit is None or (method == "text-rag" and top_hit.score < (self._rag_threshold or 0.0)):
+            if top_hit is None or not self.text_rag.admits(top_hit, thresholded=method == "text-rag"):
                 return row.text, None
-            return self._rag_text(row.text, top_hit.statement), None
+            return self.text_rag.text(row.text, top_hit.statement), None
         g = store.gate(row.text)
         if method == "recipe":
             return row.text, (self._as_prefix(g.prompt_vectors) if g.fired else None)
@@ -2101,14 +1970,6 @@ def _inactive_ids(store: Any) -> set[str]:
     except TypeError:  # pragma: no cover - a store without include_inactive
         return set()
     return {r.edit_id for r in records if not r.active}
-
-
-def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
-    bos_id = getattr(tokenizer, "bos_token_id", None)
-    if bos_id is None:
-        return False
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return bool(ids) and ids[0] == bos_id
 
 
 def _cl100k() -> Any:
