@@ -330,7 +330,7 @@ def test_scripted_run_every_method_uses_the_right_edit(models, tmp_path):
     llm, tok, editor = models
     examples = make_examples(40)
     cfg = EvalConfig(edits=20, dev_size=10, general_n=5, t_grid=(1, 10), latency_samples=3,
-                     gate_latency_samples=2, gen_tokens=4)
+                     gate_latency_samples=2, gen_tokens=4, general_answer_n=4)
     stores: dict = {}
     evaluator = LifelongEvaluator(llm, tok, editor, cfg, store_factory=scripted_factory(editor, examples, stores),
                                   progress=False)
@@ -346,8 +346,9 @@ def test_scripted_run_every_method_uses_the_right_edit(models, tmp_path):
     assert final is not None and final.t == 20 and final.n_measured == 20 and results.complete
     assert [cp.t for cp in results.checkpoints] == [1, 10, 20]
     assert final.counts == {"prompt": 20, "paraphrase": 20, "locality": 20, "locality_scored": 20, "general": 5,
-                            "generation_examples": 20, "general_answered": 0}
+                            "generation_examples": 20, "general_answered": 4}
     assert set(final.methods) == set(H.METHODS)
+    assert all(cp.counts["general_answered"] == 0 for cp in results.checkpoints[:-1])  # final T only
 
     # the RECIPE-similarity threshold separates the scripted similarities (hits >= 1.8, locality 0.5)
     th = results.text_rag_threshold
@@ -366,6 +367,11 @@ def test_scripted_run_every_method_uses_the_right_edit(models, tmp_path):
     assert top1.gate.false_fire_locality == 1.0 and top1.gate.false_fire_general == 1.0
     assert top1.gate.correct_hit_prompt == 1.0
     assert sim.gate.model_dump() == rc.gate.model_dump()
+    # general ability: a method that never fires on general questions answers them as no-edit
+    for method in (no, rc, rag):
+        assert method.general_answer_accuracy == no.general_answer_accuracy
+        assert method.general_answer_delta == 0.0 and method.general_answer_delta_ci95 == 0.0
+    assert top1.general_answer_delta is not None and top1.general_answer_delta_ci95 is not None
     assert no.gate.model_dump() == {"hit_rate": 0.0, "correct_hit_prompt": 0.0, "correct_hit_paraphrase": 0.0,
                                     "false_fire_locality": 0.0, "false_fire_general": 0.0}
     assert rc.gate.model_dump() == {"hit_rate": 1.0, "correct_hit_prompt": 1.0, "correct_hit_paraphrase": 1.0,

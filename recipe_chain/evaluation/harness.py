@@ -353,6 +353,11 @@ class MethodMetrics(BaseModel):
             model's (:func:`recipe_chain.evaluation.answers.locality_kept`).
         general_answer_accuracy: General questions whose greedy answer names a reference
             answer (final ``T`` only, ``general_answer_n`` questions).
+        general_answer_delta: ``general_answer_accuracy`` minus the unedited model's, on
+            the same questions (an empty store never fires, so this is the change the
+            ``T`` edits make to general ability).
+        general_answer_delta_ci95: Half-width of the 95 % normal interval of that paired
+            difference: a delta inside it is noise.
         gate: :class:`GateStats`.
         added_tokens: :class:`AddedTokens`.
         conditional: Diagnostics: ``reliability_given_correct_hit``,
@@ -373,6 +378,8 @@ class MethodMetrics(BaseModel):
     answer_accuracy_paraphrase: float | None = None
     locality_kept: float | None = None
     general_answer_accuracy: float | None = None
+    general_answer_delta: float | None = None
+    general_answer_delta_ci95: float | None = None
     gate: GateStats = Field(default_factory=GateStats)
     added_tokens: AddedTokens = Field(default_factory=AddedTokens)
     conditional: dict[str, float | None] = Field(default_factory=dict)
@@ -1375,6 +1382,11 @@ class LifelongEvaluator:
             m: self._assemble(m, rows, plans, targets, gen_out, tf_out, edit_ids, gen_examples, answered)
             for m in methods
         }
+        if answered:
+            method_metrics = {
+                m: mm.model_copy(update=self._general_delta(m, rows, plans, gen_out, sorted(answered)))
+                for m, mm in method_metrics.items()
+            }
         if with_latency and self.config.latency_samples:
             latencies = self._measure_latency(store, rows, targets, edit_ids, statements, seed)
             method_metrics = {
@@ -1653,6 +1665,28 @@ class LifelongEvaluator:
                 else {}
             ),
         )
+
+    @staticmethod
+    def _general_delta(
+        method: str,
+        rows: Sequence[_Row],
+        plans: dict[str, list[_Plan]],
+        gen_out: dict[tuple[str, str | None], str],
+        answered: Sequence[int],
+    ) -> dict[str, float | None]:
+        """Paired change of general answer accuracy against the unedited model, with a 95 % interval."""
+        diffs = []
+        for i in answered:
+            mine, base = plans[method][i], plans["no-edit"][i]
+            ok = A.contains_answer(gen_out[(mine.text, mine.prefix)], rows[i].answers)
+            ok_base = A.contains_answer(gen_out[(base.text, base.prefix)], rows[i].answers)
+            diffs.append(int(ok) - int(ok_base))
+        n = len(diffs)
+        if n == 0:
+            return {"general_answer_delta": None, "general_answer_delta_ci95": None}
+        mean = sum(diffs) / n
+        var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+        return {"general_answer_delta": mean, "general_answer_delta_ci95": 1.96 * (var / n) ** 0.5}
 
     def _diagnostics(
         self, rows: Sequence[_Row], gates: dict[str, _Gate], edit_ids: Sequence[str]

@@ -142,9 +142,17 @@ def markdown_report(results: EvalResults) -> str:
     answered = final.counts.get("general_answered", 0)
     if answered:
         lines += ["", f"General ability: greedy answer accuracy on {answered} general questions (the first sentence "
-                  "names a reference answer) with the store of T edits: "
-                  + ", ".join(f"`{m}` {_f(mm.general_answer_accuracy)}" for m, mm in final.methods.items())
-                  + ". An empty store never fires, so every method then answers as `no-edit`."]
+                  "names a reference answer). An empty store never fires, so with it every method answers as "
+                  "`no-edit`; with the T edits in the store:", ""]
+        lines += _table(
+            ["method", "answer accuracy", "change vs empty store", "95 % interval of the change"],
+            [
+                [f"`{m}`", _f(mm.general_answer_accuracy),
+                 "–" if mm.general_answer_delta is None else f"{mm.general_answer_delta:+.3f}",
+                 "–" if mm.general_answer_delta_ci95 is None else f"±{mm.general_answer_delta_ci95:.3f}"]
+                for m, mm in final.methods.items()
+            ],
+        )
 
     lines += ["", "## Gate statistics", ""]
     lines += _table(
