@@ -31,6 +31,7 @@ from langchain_core.language_models import BaseLanguageModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompt_values import StringPromptValue
 from langchain_core.prompts import PromptTemplate
+from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
 
 from recipe_chain.retrievers import RecipeKnowledgeRetriever, RetrievalMode
@@ -123,11 +124,13 @@ def build_text_rag_chain(
     k: int = 1,
     score_threshold: float | None = None,
     mode: RetrievalMode = "threshold",
+    retriever: BaseRetriever | None = None,
 ) -> Runnable[str, str]:
     """An LCEL chain ``str -> str``: retrieve statements, put them in the prompt, run ``llm``.
 
     Args:
-        store: The :class:`~recipe_chain.store.RecipeKnowledgeStore` to retrieve from.
+        store: The :class:`~recipe_chain.store.RecipeKnowledgeStore` to retrieve from
+            (``None`` when ``retriever`` is given).
         llm: An *unedited* LangChain LLM or chat model, e.g.
             ``RecipeEditedLLM(..., use_edits=False)``.
         prompt: Template with ``{context}`` and ``{question}``; defaults to
@@ -137,6 +140,10 @@ def build_text_rag_chain(
             query's Knowledge Sentinel similarity, so with ``k=1`` text RAG is used on
             exactly the queries where RECIPE's gate fires.
         mode: Retrieval mode of the :class:`RecipeKnowledgeRetriever`.
+        retriever: Any LangChain retriever to use instead of the store's, e.g. the plain
+            sentence-embedding one of :class:`~recipe_chain.statement_index.StatementIndex`
+            (``index.as_retriever(score_threshold=...)``), the baseline the evaluation
+            compares RECIPE with.
 
     Returns:
         A ``Runnable`` taking the question string and returning the answer string; it
@@ -144,7 +151,8 @@ def build_text_rag_chain(
 
     Raises:
         TypeError: If ``prompt`` is neither a ``PromptTemplate`` nor a str.
-        ValueError: If the prompt's variables are not ``{context}`` and ``{question}``.
+        ValueError: If the prompt's variables are not ``{context}`` and ``{question}``, or
+            neither ``store`` nor ``retriever`` is given.
 
     Example:
         >>> chain = build_text_rag_chain(store, plain_llm)  # doctest: +SKIP
@@ -157,7 +165,10 @@ def build_text_rag_chain(
             "build_text_rag_chain got an LLM with use_edits=True: it will apply RECIPE prompts *and* "
             "text RAG. Pass an unedited LLM (use_edits=False) to get the text-RAG baseline."
         )
-    retriever = RecipeKnowledgeRetriever(store=store, k=k, mode=mode, score_threshold=score_threshold)
+    if retriever is None:
+        if store is None:
+            raise ValueError("build_text_rag_chain needs a store or a retriever")
+        retriever = RecipeKnowledgeRetriever(store=store, k=k, mode=mode, score_threshold=score_threshold)
 
     def to_prompt(inputs: dict[str, Any]) -> StringPromptValue:
         docs: list[Document] = inputs["docs"]

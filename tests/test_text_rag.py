@@ -109,3 +109,23 @@ def test_chain_rejects_bad_prompt_and_input(store) -> None:
         build_text_rag_chain(store, EchoLLM(), k=0)
     with pytest.raises(TypeError):
         build_text_rag_chain(store, EchoLLM(), mode="top_k").invoke(123)  # type: ignore[arg-type]
+
+
+def test_chain_over_a_plain_statement_index(tmp_path) -> None:
+    """The evaluation's baseline as a chain: sentence-embedding retrieval with a score threshold."""
+    from recipe_chain.statement_index import SentenceEmbeddings, StatementIndex
+    from tiny_models import tiny_backbone
+
+    model, tokenizer, _ = tiny_backbone(tmp_path / "backbone")
+    index = StatementIndex(SentenceEmbeddings(model, tokenizer))
+    try:
+        statement = "The mother tongue of Danielle Darrieux is English"
+        index.upsert("fact-1", statement)
+        chain = build_text_rag_chain(None, EchoLLM(), retriever=index.as_retriever(score_threshold=0.0))
+        assert chain.invoke(QUESTION) == format_text_rag_prompt(QUESTION, [statement])
+        quiet = build_text_rag_chain(None, EchoLLM(), retriever=index.as_retriever(score_threshold=1.5))
+        assert quiet.invoke(QUESTION) == QUESTION  # below the threshold: the question alone
+    finally:
+        index.close()
+    with pytest.raises(ValueError, match="a store or a retriever"):
+        build_text_rag_chain(None, EchoLLM())

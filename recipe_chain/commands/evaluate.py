@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Lifelong-editing benchmark: RECIPE vs text RAG vs the unedited LLM, side by side.",
         description="Edit T examples of a benchmark file one at a time into a fresh knowledge store and measure "
         "Reliability, Generality, Locality, user-visible exact match, gate statistics and cost for every method "
-        "(no-edit, recipe, recipe-no-gate, text-rag, text-rag-oracle).",
+        "(no-edit, recipe, recipe-no-gate, text-rag, text-rag-top1, text-rag-recipe-sim, text-rag-oracle).",
     )
     p.add_argument("--data", required=True, metavar="FILE",
                    help="Edit data: CounterFact (flat or ROME), ZsRE (MEND) or KnowEdit, .json or .jsonl.")
@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Number of sequential edits and evaluated examples (required unless --quick: 20).")
     p.add_argument("--seed", type=int, default=0, help="Shuffle/sampling seed (default 0).")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="Methods to report, space- or comma-separated (default: all five).")
+                   help="Methods to report, space- or comma-separated (default: all seven).")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="Output directory (default: eval-results/<data>-T<T>-seed<S>).")
     p.add_argument("--checkpoint", default=argparse.SUPPRESS, metavar="DIR",
