@@ -411,6 +411,7 @@ def test_scripted_run_every_method_uses_the_right_edit(models, tmp_path):
     assert raw["config"]["llm_id"] == "tiny-llama"
     assert EvalResults.model_validate(raw) == results
     assert paths["metrics_vs_T"].stat().st_size > 10_000 and paths["gate_latency"].exists()
+    assert paths["scale"].stat().st_size > 5_000 and paths["text_rag_dev_curve"].stat().st_size > 5_000
     text = paths["markdown"].read_text()
     assert "| `recipe` |" in text and "## Metrics against T" in text and "threshold" in text
     assert not (tmp_path / H.PARTIAL_FILE).exists()

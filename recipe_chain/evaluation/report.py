@@ -325,6 +325,46 @@ def plot_metrics_vs_t(results: EvalResults, path: str | os.PathLike[str]) -> Pat
     return path
 
 
+SCALE_METRICS: tuple[tuple[str, str, Callable[[MethodMetrics], float | None]], ...] = (
+    ("locality", "Locality (teacher-forced)", lambda m: m.locality),
+    ("false_fire_locality", "False fires on neighbour prompts", lambda m: m.gate.false_fire_locality),
+    ("false_fire_general", "False fires on NQ questions", lambda m: m.gate.false_fire_general),
+)
+"""What :func:`plot_scale` draws: what a growing store costs unrelated prompts."""
+
+
+def plot_scale(results: EvalResults, path: str | os.PathLike[str]) -> Path:
+    """Locality and the false-fire rates against ``T``, one line per method; saved as PNG.
+
+    Raises:
+        ValueError: If the results hold no checkpoint.
+    """
+    if not results.checkpoints:
+        raise ValueError("no checkpoints to plot")
+    methods = [m for m in results.checkpoints[-1].methods if m != "no-edit"]
+    fig, axes = _figure(1, len(SCALE_METRICS), (4.6 * len(SCALE_METRICS), 3.6))
+    for k, (_, title, get) in enumerate(SCALE_METRICS):
+        ax = axes[0][k]
+        for j, m in enumerate(methods):
+            pts = [(cp.t, get(cp.methods[m])) for cp in results.checkpoints if m in cp.methods]
+            pts = [(t, v) for t, v in pts if v is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=m, marker=_MARKERS[j % len(_MARKERS)],
+                        linestyle=_DASHES[j % len(_DASHES)], alpha=0.85)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("T (sequential edits in the store)")
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def plot_gate_latency(results: EvalResults, path: str | os.PathLike[str]) -> Path:
     """Gate latency (p50, p95, ms) against store size (log x axis); saved as PNG.
 
@@ -413,6 +453,8 @@ def write_report(results: EvalResults, out_dir: str | os.PathLike[str], *, plots
     paths["markdown"].write_text(markdown_report(results))
     if plots:
         paths["metrics_vs_T"] = plot_metrics_vs_t(results, out / "metrics_vs_T.png")
+        if len(results.checkpoints) > 1:
+            paths["scale"] = plot_scale(results, out / "locality_and_false_fires_vs_T.png")
         if any(p.p50_s is not None for p in results.gate_latency):
             paths["gate_latency"] = plot_gate_latency(results, out / "gate_latency_vs_store_size.png")
         if results.text_rag_tuning is not None:
