@@ -37,6 +37,7 @@ from recipe_chain.evaluation.harness import (
     LifelongEvaluator,
     Method,
     QuestionMetrics,
+    file_sha256,
     make_store_factory,
 )
 from recipe_chain.evaluation.portability import load_portability_cases
@@ -210,8 +211,8 @@ def run_suite(
             **(run_info or {}),
             "suite_key": key,
             "suite_set": s.model_dump(),
-            "data": {"path": str(data_root / s.data), "n_records": len(examples),
-                     "format": examples[0].source_format if examples else None},
+            "data": {"path": str(data_root / s.data), "sha256": file_sha256(data_root / s.data),
+                     "n_records": len(examples), "format": examples[0].source_format if examples else None},
         }
         started = time.perf_counter()
         resume = (set_dir / PARTIAL_FILE).is_file()
