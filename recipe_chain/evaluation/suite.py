@@ -42,6 +42,7 @@ from recipe_chain.evaluation.harness import (
 )
 from recipe_chain.evaluation.portability import load_portability_cases
 from recipe_chain.evaluation.report import write_report
+from recipe_chain.store import normalize_prompt
 
 __all__ = ["SuiteSet", "SuiteSettings", "default_sets", "run_suite", "summary_markdown", "SUMMARY_FILE"]
 
@@ -200,7 +201,9 @@ def run_suite(
                     tuned_on_counterfact = results[s.name]
                 continue
         examples, dev_pool, dev_source = _load_set(s, data_root)
-        examples_t = min(settings.edits, max(1, len(examples) - (0 if dev_pool is not None else s.dev_size)))
+        # T is capped by the set's distinct facts (repeated prompts are skipped), less a dev split taken from it
+        distinct = len({normalize_prompt(e.prompt) for e in examples})
+        examples_t = min(settings.edits, max(1, distinct - (0 if dev_pool is not None else s.dev_size)))
         if examples_t < settings.edits:
             cfg = cfg.model_copy(update={"edits": examples_t, "t_grid": (examples_t,)})
         evaluator = LifelongEvaluator(
@@ -274,6 +277,7 @@ def _portability(
     if tuned is not None:
         evaluator.use_tuning(tuned.text_rag_tuning, tuned.text_rag_threshold)
     sets: dict[str, Any] = {}
+    started = time.perf_counter()
     for name, rel in files.items():
         cases = load_portability_cases(data_root / rel)
         rng = random.Random(settings.seed)
@@ -295,7 +299,8 @@ def _portability(
             "questions": len(qs),
             "methods": {m: v.model_dump() for m, v in metrics.items()},
         }
-    payload = {"key": key, "text_rag_tuned_on": "counterfact" if tuned is not None else None, "sets": sets}
+    payload = {"key": key, "text_rag_tuned_on": "counterfact" if tuned is not None else None, "sets": sets,
+               "wall_time_s": time.perf_counter() - started}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return payload
 
@@ -343,7 +348,9 @@ def _summary(results: dict[str, EvalResults], portability: dict[str, Any] | None
         }
         for name, res in results.items()
     }
-    return {"settings": settings.model_dump(mode="json"), "sets": sets, "rows": rows, "portability": portability}
+    total = sum(s["wall_time_s"] for s in sets.values()) + float((portability or {}).get("wall_time_s") or 0.0)
+    return {"settings": settings.model_dump(mode="json"), "sets": sets, "rows": rows, "portability": portability,
+            "wall_time_s": total}
 
 
 def _f(v: Any, pct: bool = False) -> str:
@@ -359,7 +366,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines.append(
         f"T = {st['edits']} sequential edits per set (the whole set where it is smaller), seed {st['seed']}; "
         f"teacher-forced metrics and gate statistics on up to {st['final_sample']} measured edits, generated "
-        f"answers on up to {st['gen_sample']}. Each set's full report is in its folder."
+        f"answers on up to {st['gen_sample']}. Each set's full report is in its folder. Wall time "
+        f"{summary.get('wall_time_s', 0.0) / 60:.1f} min (the sets' runs plus portability)."
     )
     lines += ["", "| set | method | Rel | Gen | Loc | answer acc. | answer acc. para. | locality kept | "
               "correct fire | false fire neighbours | false fire general | + tokens | + latency |",
