@@ -833,12 +833,13 @@ def _bar(iterable: Iterable[Any], progress: bool | None, **kwargs: Any) -> Itera
 
 @dataclass(frozen=True)
 class _Row:
-    kind: str  # "prompt" | "paraphrase" | "locality" | "general"
+    kind: str  # "prompt" | "paraphrase" | "locality" | "general" | "general_answer"
     example: int | None  # index into the measured examples
     text: str
     target: str | None  # target_new (prompt/paraphrase), reference answer (locality), None (general)
     old: str | None = None  # the pre-edit answer (prompt/paraphrase), when known
     answers: tuple[str, ...] = ()  # accepted answers of a general question
+    chat: bool = False  # the LLM gets the text as the user turn of its chat template
 
 
 @dataclass(frozen=True)
@@ -1253,7 +1254,8 @@ class LifelongEvaluator:
                 if index is not None:
                     self.text_rag.add_edit(ex, eid, index)
                 ids.append(eid)
-            rows = [_Row("general", None, q.prompt, None, answers=q.accepted_answers) for q in questions]
+            chat = self.text_rag.has_chat_template()  # questions are asked as a user asks an instruct model
+            rows = [_Row("general", None, q.prompt, None, answers=q.accepted_answers, chat=chat) for q in questions]
             texts = [r.text for r in rows]
             gates = self._gate_all(store, texts, desc=f"{desc}: gate")
             hits = self.text_rag.search_all(texts, f"{desc}: search", index) if index is not None else {}
@@ -1263,8 +1265,9 @@ class LifelongEvaluator:
             for m in ("no-edit", *[m for m in methods if m != "no-edit"]):
                 if m == "text-rag-oracle":
                     plans[m] = [
-                        _Plan("oracle", self.text_rag.text(r.text, CONTEXT_SEPARATOR.join(own)), None)
-                        if own else _Plan(None, r.text, None)
+                        _Plan("oracle", self.text_rag.text(r.text, CONTEXT_SEPARATOR.join(own),
+                                                           "chat" if r.chat else None), None)
+                        if own else self._plan("no-edit", r, gates[r.text], ids, {}, None)
                         for r, own in zip(rows, oracle_statements or [()] * len(rows))
                     ]
                 else:
@@ -1354,8 +1357,19 @@ class LifelongEvaluator:
         scored = [i for i, r in enumerate(rows) if r.kind in _SCORED_KINDS]
         gen_examples = self._gen_subset(len(examples), seed)
         generated = [i for i in scored if gen_examples is None or rows[i].example in gen_examples]
-        general_rows = [i for i, r in enumerate(rows) if r.kind == "general"]
-        answered = set(general_rows[: self.config.general_answer_n] if with_latency else [])
+        answered: set[int] = set()
+        if with_latency and self.config.general_answer_n:
+            # general ability: questions asked as a user asks an instruct model, through its chat
+            # template (gated on the question itself, like every other row of the same text)
+            chat = self.text_rag.has_chat_template()
+            extra = [
+                _Row("general_answer", None, r.text, None, answers=r.answers, chat=chat)
+                for r in rows if r.kind == "general"
+            ][: self.config.general_answer_n]
+            answered = set(range(len(rows), len(rows) + len(extra)))
+            rows = [*rows, *extra]
+            for m in computed:
+                plans[m] += [self._plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in extra]
         generated += sorted(answered)
 
         # 1. greedy generations (unique inputs only)
@@ -1468,25 +1482,30 @@ class LifelongEvaluator:
         hit: StatementHit | None = None,
     ) -> _Plan:
         own = edit_ids[row.example] if row.example is not None else None
+        plain = self.text_rag.chat_text(row.text) if row.chat else row.text  # the LLM input without an edit
+        rag_format = "chat" if row.chat else None
         if method == "no-edit":
-            return _Plan(None, row.text, None)
+            return _Plan(None, plain, None)
         if method == "recipe":
-            return _Plan(gate.hit_id, row.text, gate.hit_statement)
+            return _Plan(gate.hit_id, plain, gate.hit_statement)
         if method == "recipe-no-gate":
-            return _Plan(gate.top_id, row.text, gate.top_statement)
+            return _Plan(gate.top_id, plain, gate.top_statement)
         if method in ("text-rag", "text-rag-top1"):
             if hit is None or not self.text_rag.admits(hit, thresholded=method == "text-rag"):
-                return _Plan(None, row.text, None)
-            return _Plan(str(hit.metadata.get("edit_id")), self.text_rag.text(row.text, hit.statement), None)
+                return _Plan(None, plain, None)
+            text = self.text_rag.text(row.text, hit.statement, rag_format)  # type: ignore[arg-type]
+            return _Plan(str(hit.metadata.get("edit_id")), text, None)
         if method == "text-rag-recipe-sim":
             assert self._threshold is not None
             if gate.top_id is not None and gate.top_sim is not None and gate.top_sim >= self._threshold:
                 statement = gate.top_statement or statements.get(gate.top_id, "")
+                if row.chat:
+                    return _Plan(gate.top_id, self.text_rag.text(row.text, statement, "chat"), None)
                 return _Plan(gate.top_id, format_text_rag_prompt(row.text, [statement]), None)
-            return _Plan(None, row.text, None)
+            return _Plan(None, plain, None)
         if method == "text-rag-oracle":
             if own is None:  # general questions have no edit of their own
-                return _Plan(None, row.text, None)
+                return _Plan(None, plain, None)
             return _Plan(own, self.text_rag.text(row.text, statements[own]), None)
         raise ValueError(f"unknown method {method!r}")
 
@@ -1567,7 +1586,8 @@ class LifelongEvaluator:
         em_p: list[list[bool]] = [[] for _ in range(n_ex)]
         em_g: list[list[bool]] = [[] for _ in range(n_ex)]
         unchanged: list[list[bool]] = [[] for _ in range(n_ex)]
-        fired: dict[str, list[bool]] = {"prompt": [], "paraphrase": [], "locality": [], "general": []}
+        fired: dict[str, list[bool]] = {"prompt": [], "paraphrase": [], "locality": [], "general": [],
+                                        "general_answer": []}
         correct: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
         rel_ok: list[float] = []
         gen_ok: list[float] = []
@@ -1582,9 +1602,11 @@ class LifelongEvaluator:
         for i, r in enumerate(rows):
             plan = mine[i]
             fired[r.kind].append(plan.fired is not None)
-            if r.kind == "general":
+            if r.kind == "general_answer":
                 if i in answered:
                     general_ok.append(A.contains_answer(gen_out[(plan.text, plan.prefix)], r.answers))
+                continue
+            if r.kind == "general":
                 continue
             own = edit_ids[r.example]  # type: ignore[index]
             is_own = plan.fired == own
@@ -1696,6 +1718,8 @@ class LifelongEvaluator:
         admit_given_ok: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
         margins: dict[str, list[float]] = {"prompt": [], "paraphrase": [], "locality": [], "general": []}
         for r in rows:
+            if r.kind not in margins:
+                continue
             g = gates[r.text]
             if g.top_sim is not None:
                 margins[r.kind].append(g.top_sim - g.sentinel_sim)

@@ -172,11 +172,14 @@ class TextRagBaseline:
         fmt = prompt_format or self.format
         if fmt == "plain":
             return format_text_rag_prompt(question, [statement])
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "system", "content": f"New fact: {statement}"}, {"role": "user", "content": question}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
+        return self.chat_text(question, system=f"New fact: {statement}")
+
+    def chat_text(self, question: str, *, system: str | None = None) -> str:
+        """``question`` as the user turn of the LLM's chat template, ready for the answer."""
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+            {"role": "user", "content": question}
+        ]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         bos = getattr(self.tokenizer, "bos_token", None)
         if self._adds_bos and bos and text.startswith(bos):  # the tokenizer adds it again
             text = text[len(bos) :]
