@@ -263,6 +263,7 @@ def _portability(
         return None
     methods = tuple(m for m in settings.methods if m != "text-rag" or (tuned and tuned.text_rag_tuning))
     key = _key({"n": settings.portability_cases, "seed": settings.seed, "methods": methods, "editor": fingerprint,
+                "asked": "chat template",
                 "tuning": tuned.text_rag_tuning.model_dump(mode="json") if tuned and tuned.text_rag_tuning else None})
     path = out / "portability.json"
     if path.is_file():
@@ -313,9 +314,14 @@ def _summary(results: dict[str, EvalResults], portability: dict[str, Any] | None
         if final is None:
             continue
         base = final.methods.get("no-edit")
-        base_p50 = base.latency.generate_s.get("p50") if base is not None and base.latency else None
+        # added latency is judged on the teacher-forced pass of the same target (gating/retrieval
+        # included): every method then processes the same output tokens, while greedy generation stops
+        # at EOS after a different number of tokens per method (SmolLM2 often stops at once on a raw question)
+        base_p50 = base.latency.score_s.get("p50") if base is not None and base.latency else None
+        base_gen = base.latency.generate_s.get("p50") if base is not None and base.latency else None
         for m, mm in final.methods.items():
-            p50 = mm.latency.generate_s.get("p50") if mm.latency else None
+            p50 = mm.latency.score_s.get("p50") if mm.latency else None
+            gen = mm.latency.generate_s.get("p50") if mm.latency else None
             rows.append({
                 "set": name,
                 "method": m,
@@ -334,7 +340,11 @@ def _summary(results: dict[str, EvalResults], portability: dict[str, Any] | None
                 "false_fire_general": mm.gate.false_fire_general,
                 "added_tokens": mm.added_tokens.llm_total,
                 "added_latency": None if (p50 is None or not base_p50) else p50 / base_p50 - 1,
+                "added_generation_latency": None if (gen is None or not base_gen) else gen / base_gen - 1,
+                "generated_tokens": mm.latency.generated_tokens_mean if mm.latency else None,
                 "general_answer_accuracy": mm.general_answer_accuracy,
+                "general_answer_delta": mm.general_answer_delta,
+                "general_answer_delta_ci95": mm.general_answer_delta_ci95,
             })
     sets = {
         name: {
@@ -386,20 +396,29 @@ def summary_markdown(summary: dict[str, Any]) -> str:
               "`locality_question`, same subject). answer acc.: the first sentence of the greedy answer names the "
               "new target and not the old one; locality kept: that sentence equals the unedited model's. correct "
               "fire: the edit's own prompt used its edit; false fire: an edit was used on a locality prompt / an "
-              "NQ question. + tokens: input positions added per query; + latency: greedy generation p50 against "
-              "`no-edit`."]
-    general = [r for r in summary["rows"] if r.get("general_answer_accuracy") is not None]
+              "NQ question. + tokens: input positions added per query; + latency: p50 of one query (gating or "
+              "retrieval, then a teacher-forced pass of the same target) against `no-edit` (greedy generation "
+              "is not comparable across methods: it stops at EOS after different numbers of tokens; each set's "
+              "report has it)."]
+    general = [r for r in summary["rows"] if r.get("general_answer_delta") is not None]
     if general:
         lines += ["", "## General ability (NQ-open, greedy answer accuracy)", "",
-                  "| set | method | with T edits in the store |", "|---|---|---|"]
-        lines += [f"| {r['set']} | `{r['method']}` | {_f(r['general_answer_accuracy'])} |" for r in general]
-        lines += ["", "With an empty store no method fires, so each answers exactly as `no-edit`."]
+                  "| set | method | with T edits in the store | change vs empty store (95 % interval) |",
+                  "|---|---|---|---|"]
+        lines += [
+            f"| {r['set']} | `{r['method']}` | {_f(r['general_answer_accuracy'])} | "
+            f"{r['general_answer_delta']:+.3f} (±{r['general_answer_delta_ci95']:.3f}) |"
+            for r in general
+        ]
+        lines += ["", "Questions asked through the LLM's chat template. With an empty store no method fires, so "
+                  "each answers exactly as `no-edit`."]
     port = summary.get("portability")
     if port:
         lines += ["", "## Portability (a measurement only; no method is expected to pass it yet)", "",
-                  "Answer accuracy on questions whose answer follows from the edits (text-RAG threshold and format "
-                  f"tuned on {port.get('text_rag_tuned_on') or 'nothing'}). `text-rag-oracle` puts the statements "
-                  "of the question's own case in front.", ""]
+                  "Answer accuracy on questions whose answer follows from the edits, asked through the LLM's chat "
+                  "template (text-RAG threshold tuned on "
+                  f"{port.get('text_rag_tuned_on') or 'nothing'}; the statement goes into the system message). "
+                  "`text-rag-oracle` puts the statements of the question's own case in front.", ""]
         names = list(port["sets"])
         lines.append("| method | " + " | ".join(
             f"{n} ({port['sets'][n]['questions']} questions, {port['sets'][n]['edits']} edits)" for n in names) + " |")
