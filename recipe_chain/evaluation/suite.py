@@ -237,6 +237,7 @@ def run_suite(
     portability = _portability(out, llm, tokenizer, editor, settings, data_root, tuned_on_counterfact,
                                progress, sentence_embeddings, fingerprint)
     summary = _summary(results, portability, settings)
+    summary["command"] = (run_info or {}).get("command")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     (out / SUMMARY_FILE).write_text(summary_markdown(summary))
     return summary
@@ -372,6 +373,8 @@ def _f(v: Any, pct: bool = False) -> str:
 def summary_markdown(summary: dict[str, Any]) -> str:
     """``SUMMARY.md``: the set × method table, portability, and how each set was run."""
     lines = ["# Evaluation suite", ""]
+    if summary.get("command"):
+        lines += [f"Command: `{summary['command']}` (each set's own command is in its report).", ""]
     st = summary["settings"]
     lines.append(
         f"T = {st['edits']} sequential edits per set (the whole set where it is smaller), seed {st['seed']}; "
