@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--general-n", type=non_negative_int, default=None, metavar="N",
                    help="NQ questions for the general false-fire rate (default 500).")
     p.add_argument("--portability-cases", type=non_negative_int, default=None, metavar="N",
-                   help="Cases per portability set (default 200; 0: skip).")
+                   help="Cases per portability set (default 100; 0: skip).")
     p.add_argument("--latency-samples", type=non_negative_int, default=None, metavar="N",
                    help="Queries timed per method (default 10).")
     p.add_argument("--checkpoint", default=argparse.SUPPRESS, metavar="DIR",

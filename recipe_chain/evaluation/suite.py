@@ -91,7 +91,7 @@ class SuiteSettings(BaseModel):
     latency_samples: int = 10
     gate_latency_samples: int = 5
     duplicate_facts: str = "skip"
-    portability_cases: int = Field(default=200, ge=0)
+    portability_cases: int = Field(default=100, ge=0)
 
 
 def default_sets() -> list[SuiteSet]:
