@@ -285,6 +285,18 @@ def _figure(rows: int, cols: int, size: tuple[float, float]) -> Any:
     return fig, axes
 
 
+def _save(fig: Any, path: str | os.PathLike[str], *, legend_from: Any = None) -> Path:
+    """Save ``fig`` as PNG at ``path`` (parents created), with one shared legend below if asked."""
+    if legend_from is not None:
+        handles, labels = legend_from.get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside lower center", ncol=len(labels))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def plot_metrics_vs_t(results: EvalResults, path: str | os.PathLike[str]) -> Path:
     """Each metric against ``T`` (log x axis), one line per method; saved as PNG.
 
@@ -316,13 +328,7 @@ def plot_metrics_vs_t(results: EvalResults, path: str | os.PathLike[str]) -> Pat
         ax.grid(True, alpha=0.3)
     for k in range(len(PLOTTED_METRICS), rows * cols):
         axes[k // cols][k % cols].set_visible(False)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path, legend_from=axes[0][0])
 
 
 SCALE_METRICS: tuple[tuple[str, str, Callable[[MethodMetrics], float | None]], ...] = (
@@ -356,13 +362,7 @@ def plot_scale(results: EvalResults, path: str | os.PathLike[str]) -> Path:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("T (sequential edits in the store)")
         ax.grid(True, alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path, legend_from=axes[0][0])
 
 
 def plot_gate_latency(results: EvalResults, path: str | os.PathLike[str]) -> Path:
@@ -389,10 +389,7 @@ def plot_gate_latency(results: EvalResults, path: str | os.PathLike[str]) -> Pat
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)
 
 
 def plot_text_rag_dev_curve(results: EvalResults, path: str | os.PathLike[str]) -> Path:
@@ -416,10 +413,7 @@ def plot_text_rag_dev_curve(results: EvalResults, path: str | os.PathLike[str]) 
     ax.set_ylim(-0.03, 1.03)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)
 
 
 def write_json(results: EvalResults, path: str | os.PathLike[str]) -> Path:

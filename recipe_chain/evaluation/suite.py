@@ -219,15 +219,15 @@ def run_suite(
         }
         started = time.perf_counter()
         resume = (set_dir / PARTIAL_FILE).is_file()
+        run_kwargs = dict(questions=questions, dev_pool=dev_pool, dev_source=dev_source, run_info=info,
+                          out_dir=set_dir)
         try:
-            res = evaluator.run(examples, questions=questions, dev_pool=dev_pool, dev_source=dev_source,
-                                run_info=info, out_dir=set_dir, resume=resume)
+            res = evaluator.run(examples, resume=resume, **run_kwargs)
         except ValueError as exc:
             if not resume or "another configuration" not in str(exc):
                 raise
             logger.warning("suite: %s: partial results of other settings; starting the set over", s.name)
-            res = evaluator.run(examples, questions=questions, dev_pool=dev_pool, dev_source=dev_source,
-                                run_info=info, out_dir=set_dir, resume=False)
+            res = evaluator.run(examples, resume=False, **run_kwargs)
         write_report(res, set_dir)
         logger.info("suite: %s done in %.1f min", s.name, (time.perf_counter() - started) / 60)
         results[s.name] = res
