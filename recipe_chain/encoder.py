@@ -20,6 +20,7 @@ and 0.69 without), and the target is what the prompt must carry.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -29,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from recipe_chain.compiled_backbone import CompiledBertBackbone, supports, weights_stamp
 from recipe_chain.lora import LoRALinear, adapters_disabled
+from recipe_chain.query_window import asking_window
 
 __all__ = ["ResidualMLPHead", "KnowledgeEncoder", "pool_features"]
 
@@ -106,8 +108,9 @@ class KnowledgeEncoder(nn.Module):
         rep_dim: Output width of both heads.
         head_hidden_dim: Width of the residual MLP blocks.
         head_blocks: Number of residual blocks per head.
-        max_length: Token limit; longer inputs raise ``ValueError`` instead of being
-            silently truncated (a truncated statement would drop its new target).
+        max_length: Token limit. A longer statement raises ``ValueError`` instead of
+            being silently truncated (it would drop its new target); a longer query is
+            cut to its asking part (:meth:`query_windows`).
         pool_last_token: Also pool the last content (non-special) token's state.
         prompt_code_dim: Width of the prompt code at the end of each key (0: none; the
             knowledge head then fills the whole key, as in the paper).
@@ -228,6 +231,36 @@ class KnowledgeEncoder(nn.Module):
             self._check_lengths(batch["attention_mask"].sum(1).tolist(), texts)
         device = self.device
         return batch if device.type == "cpu" else {k: v.to(device) for k, v in batch.items()}
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of ``texts`` with the special tokens, as :meth:`tokenize` counts them."""
+        if self._backend is not None:
+            return [len(e.ids) for e in self._backend.encode_batch(list(texts))]
+        return [len(ids) for ids in self.tokenizer(list(texts), truncation=False)["input_ids"]]
+
+    def _tail_tokens(self, text: str, n: int) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+        return self.tokenizer.decode(ids[-n:])
+
+    def query_windows(self, texts: Sequence[str]) -> list[str]:
+        """What the query head reads of each text: the text, or its asking part when too long.
+
+        See :mod:`recipe_chain.query_window`: the longest run of whole trailing sentences
+        that fits ``max_length``. Statements never pass through here: a cut statement
+        would lose its new target, so they keep the length error.
+        """
+        # Every token covers at least one character: a text of at most max_length - 2
+        # characters fits without being tokenized twice (most queries).
+        long = [i for i, t in enumerate(texts) if len(t) + 2 > self.max_length]
+        if not long:
+            return list(texts)
+        counts = [0] * len(texts)
+        for i, c in zip(long, self.count_tokens([texts[i] for i in long])):
+            counts[i] = c
+        return [
+            t if c <= self.max_length else asking_window(t, self.count_tokens, self.max_length, self._tail_tokens)
+            for t, c in zip(texts, counts)
+        ]
 
     def _check_lengths(self, lengths: list[int], texts: list[str]) -> None:
         for i, length in enumerate(lengths):
@@ -396,4 +429,5 @@ class KnowledgeEncoder(nn.Module):
 
     def encode_query_batch(self, texts: list[str]) -> torch.Tensor:
         """``(B, rep_dim)`` query representations, with gradients."""
-        return self.queries_from_features(self.features(self.tokenize(texts), int8=bool(self.int8_queries)))
+        batch = self.tokenize(self.query_windows(texts))
+        return self.queries_from_features(self.features(batch, int8=bool(self.int8_queries)))

@@ -335,8 +335,8 @@ def test_gate_on_empty_store_and_query(make_store: StoreFactory, editor: RecipeE
             store.query(QUERIES[0], k=bad_k)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         store.gate("   ")
-    with pytest.raises(ValueError, match="at most 64"):
-        store.gate("Who is " + "very " * 80 + "tall?")
+    long_query = store.gate("Who is " + "very " * 80 + "tall?")  # cut to its asking part, never an error
+    assert long_query.query.startswith("Who is very") and math.isfinite(long_query.sentinel_similarity)
     with pytest.raises(TypeError):
         store.gate(None)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
