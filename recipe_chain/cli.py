@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "recipe_chain.commands.train",
     "recipe_chain.commands.evaluate",
     "recipe_chain.commands.suite",
+    "recipe_chain.commands.verifier",
 )
 
 logger = logging.getLogger("recipe_chain.cli")

@@ -42,6 +42,7 @@ from recipe_chain.loading import DEFAULT_ENCODER_ID, llm_id_of, load_default_enc
 from recipe_chain.lora import apply_lora
 from recipe_chain.prompt_encoder import PromptEncoder
 from recipe_chain.sentinel import KnowledgeSentinel
+from recipe_chain.verifier import VERIFIER_DIR, EditVerifier
 
 __all__ = ["RecipeEditor", "statement_of", "scaled_dot"]
 
@@ -107,7 +108,29 @@ class RecipeEditor(nn.Module):
         self.sentinel = KnowledgeSentinel.from_text(self.encoder, _SENTINEL_INIT_TEXT, config.sentinel_len)
         self.prompt_encoder = PromptEncoder.from_config(config)
         self._fingerprint: str | None = None
+        self.gate_verifier = None
         self.eval()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "gate_verifier":  # the property below, never a registered submodule
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
+    @property
+    def gate_verifier(self) -> EditVerifier | None:
+        """The gate's second stage shipped with this checkpoint (``None``: the sentinel alone).
+
+        Kept outside the module tree: it reads texts, not keys, so it is not part of the
+        editor's fingerprint and a store needs no reindex when it changes.
+        """
+        return self.__dict__["_gate_verifier"]
+
+    @gate_verifier.setter
+    def gate_verifier(self, verifier: EditVerifier | None) -> None:
+        if verifier is not None and not isinstance(verifier, EditVerifier):
+            raise TypeError(f"gate_verifier must be an EditVerifier or None, got {type(verifier).__name__}")
+        self.__dict__["_gate_verifier"] = verifier  # not registered as a submodule (see the property)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -224,6 +247,8 @@ class RecipeEditor(nn.Module):
             )
         if llm is not None:
             editor.attach_llm(llm)
+        if (path / VERIFIER_DIR / _CONFIG_FILE).is_file():
+            editor.gate_verifier = EditVerifier.from_pretrained(path / VERIFIER_DIR)
         editor.eval()
         return editor
 
@@ -339,6 +364,8 @@ class RecipeEditor(nn.Module):
             if self.config.backbone_tuning == "full":
                 self.encoder.backbone.save_pretrained(tmp / _BACKBONE_DIR)
                 self.encoder.tokenizer.save_pretrained(tmp / _BACKBONE_DIR)
+            if self.gate_verifier is not None:
+                self.gate_verifier.save_pretrained(tmp / VERIFIER_DIR)
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)

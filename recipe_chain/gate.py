@@ -5,18 +5,21 @@ them exactly and take the decision:
 
 * :func:`rescore`: exact ``q·k/√d`` of one query against candidate keys;
 * :func:`rank`: candidate order, best first (ties keep the retrieval order);
-* :func:`admits`: the gate rule ``best > sentinel + margin`` (or always, ungated).
+* :func:`admits`: the gate rule ``best > sentinel + margin`` (or always, ungated);
+* :func:`shortlist` and :func:`verified_choice`: the two-stage rule with a gate verifier
+  (:mod:`recipe_chain.verifier`): candidates near the sentinel are shortlisted, and the
+  verifier's most probable one is admitted if it clears its threshold.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
-from recipe_chain.editor import scaled_dot
 
-__all__ = ["rescore", "rank", "admits", "sentinel_similarity"]
+__all__ = ["rescore", "rank", "admits", "sentinel_similarity", "shortlist", "verified_choice"]
 
 
 def rescore(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -38,7 +41,8 @@ def rescore(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.float32)
     if keys.shape[1] != query.shape[0]:
         raise ValueError(f"Query width {query.shape[0]} != key width {keys.shape[1]}")
-    return scaled_dot(query.float()[None], keys.float())[0]  # (K,)
+    # the same operations as editor.scaled_dot, so both give bit-identical similarities
+    return (query.float()[None] @ keys.float().T / math.sqrt(query.shape[0]))[0]  # (K,)
 
 
 def sentinel_similarity(query: torch.Tensor, sentinel: torch.Tensor) -> float:
@@ -73,3 +77,27 @@ def admits(best: float | None, sentinel: float, *, margin: float = 0.0, use_gate
     if not use_gate:
         return True
     return best > sentinel + margin
+
+
+def shortlist(similarities: Sequence[float], sentinel: float, *, margin: float, k: int) -> list[int]:
+    """Indices of the first ``k`` candidates (best first) with ``similarity > sentinel + margin``.
+
+    Example:
+        >>> shortlist([5.0, 3.0, 1.0], 2.0, margin=-1.5, k=2), shortlist([5.0, 3.0], 2.0, margin=4.0, k=2)
+        ([0, 1], [])
+    """
+    return [i for i, sim in enumerate(list(similarities)[:k]) if not math.isnan(sim) and sim > sentinel + margin]
+
+
+def verified_choice(probabilities: Sequence[float | None], threshold: float) -> int | None:
+    """Index of the most probable verified candidate above ``threshold`` (first on ties), or ``None``.
+
+    Example:
+        >>> verified_choice([0.2, None, 0.9, 0.9], 0.5), verified_choice([0.2, None], 0.5)
+        (2, None)
+    """
+    best: int | None = None
+    for i, p in enumerate(probabilities):
+        if p is not None and p > threshold and (best is None or p > probabilities[best]):  # type: ignore[operator]
+            best = i
+    return best

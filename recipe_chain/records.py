@@ -65,6 +65,9 @@ class GateCandidate(BaseModel):
         record: The edit.
         similarity: ``q·k/√d`` between the query representation and the edit's stored
             key, computed exactly on the client (not Chroma's approximate distance).
+        verifier_probability: The gate verifier's ``P(statement answers query)`` for a
+            shortlisted candidate; ``None`` when it was not read (no verifier, or the
+            candidate was not shortlisted).
 
     Example:
         >>> best = store.query("What language does Danielle Darrieux speak?", k=1)[0]  # doctest: +SKIP
@@ -76,23 +79,33 @@ class GateCandidate(BaseModel):
 
     record: EditRecord
     similarity: float
+    verifier_probability: float | None = None
 
 
 class GateResult(BaseModel):
     """The Knowledge Sentinel's decision for one query.
 
-    The best candidate is admitted iff ``hit_similarity > sentinel_similarity + margin``
-    (or unconditionally when ``gated`` is ``False``).
+    Without a verifier, the best candidate is admitted iff ``hit_similarity >
+    sentinel_similarity + margin`` (or unconditionally when ``gated`` is ``False``). With
+    a verifier (:mod:`recipe_chain.verifier`) the top candidates within its prefilter
+    margin of the sentinel are *shortlisted*, and the shortlisted candidate with the
+    highest ``verifier_probability`` is admitted iff that exceeds ``verifier_threshold``.
 
     Attributes:
         query: The gated text.
         hit: The admitted edit, or ``None``: then the LLM runs untouched.
-        hit_similarity: Exact similarity of the best candidate, also when it was
-            rejected; ``None`` when the store holds no active edit.
+        hit_similarity: Exact similarity of the best candidate (the first of
+            ``candidates``), also when it was rejected; ``None`` when the store holds no
+            active edit.
         sentinel_similarity: Exact ``sim(query, sentinel)``.
         margin: The extra margin that was applied.
         gated: ``False`` when the gate was disabled (ablation: the top-1 is always used).
-        candidates: The re-scored top candidates, best first.
+        candidates: The re-scored top candidates, best first, each with its verifier
+            probability when it was shortlisted.
+        verifier_threshold: The verifier's admission threshold; ``None`` when the gate
+            ran without a verifier.
+        prefilter_margin: The verifier's shortlist margin over the sentinel (before
+            ``margin`` is added); ``None`` without a verifier.
         prompt_vectors: ``(P, D)`` prompt vectors of ``hit``, ``None`` without a hit.
             Computed on first access, then kept: the decision does not need them, and
             a ``"vocab"`` prompt encoder reads the whole LLM embedding matrix to make
@@ -113,6 +126,8 @@ class GateResult(BaseModel):
     margin: float
     gated: bool
     candidates: list[GateCandidate]
+    verifier_threshold: float | None = None
+    prefilter_margin: float | None = None
     _prompt_vectors: torch.Tensor | None = PrivateAttr(default=None)
     _vector_source: Callable[[], torch.Tensor] | None = PrivateAttr(default=None)
 
@@ -140,6 +155,16 @@ class GateResult(BaseModel):
             self._prompt_vectors = source()
             self._vector_source = None
         return self._prompt_vectors
+
+    @property
+    def verifier_probability(self) -> float | None:
+        """The verifier's probability for the hit, else the highest among the shortlisted; ``None`` if none was read."""
+        if self.hit is not None:
+            for cand in self.candidates:
+                if cand.record.edit_id == self.hit.edit_id:
+                    return cand.verifier_probability
+        read = [c.verifier_probability for c in self.candidates if c.verifier_probability is not None]
+        return max(read) if read else None
 
     @property
     def fired(self) -> bool:

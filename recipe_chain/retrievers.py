@@ -17,9 +17,11 @@ Three modes decide which edits come back:
 * ``"top_k"``: the ``k`` most similar edits, ungated (a plain vector-search baseline).
 
 Every document's metadata holds ``edit_id``, ``prompt``, ``target_new``, ``subject``,
-``similarity``, ``sentinel_similarity``, ``margin``, ``admitted`` (whether the KS gate
-would admit that edit), ``rank``, ``namespace``, ``created_at``, ``mode`` and
-``edit_metadata`` (the user's own metadata of the edit). ``Document.id`` is the edit id.
+``similarity``, ``sentinel_similarity``, ``margin``, ``admitted`` (whether the gate
+would admit that edit: with a verifier, whether it was shortlisted and its
+``verifier_probability`` clears ``verifier_threshold``, both also in the metadata),
+``rank``, ``namespace``, ``created_at``, ``mode`` and ``edit_metadata`` (the user's own
+metadata of the edit). ``Document.id`` is the edit id.
 """
 
 from __future__ import annotations
@@ -162,7 +164,9 @@ class RecipeKnowledgeRetriever(BaseRetriever):
             if result.hit is None:
                 return []
             hit_sim = result.hit_similarity if result.hit_similarity is not None else math.nan
-            return [self._document(result.hit, hit_sim, result, rank=0, admitted=True)]
+            hit_cand = next((c for c in result.candidates if c.record.edit_id == result.hit.edit_id), None)
+            sim = hit_cand.similarity if hit_cand is not None else hit_sim
+            return [self._document(result.hit, sim, result, rank=0, admitted=True, candidate=hit_cand)]
 
         candidates: Sequence[GateCandidate] = result.candidates
         if k > len(candidates):
@@ -170,16 +174,22 @@ class RecipeKnowledgeRetriever(BaseRetriever):
         candidates = list(candidates)[:k]
         docs = []
         for rank, cand in enumerate(candidates):
-            admitted = cand.similarity > result.sentinel_similarity + result.margin
+            if result.verifier_threshold is not None and result.gated:  # two-stage gate: the verifier decides
+                admitted = cand.verifier_probability is not None and cand.verifier_probability > result.verifier_threshold
+            else:
+                admitted = cand.similarity > result.sentinel_similarity + result.margin
             if self.mode == "threshold":
                 keep = admitted if threshold is None else cand.similarity >= threshold
                 if not keep:
                     continue
-            docs.append(self._document(cand.record, cand.similarity, result, rank=rank, admitted=admitted))
+            docs.append(self._document(cand.record, cand.similarity, result, rank=rank, admitted=admitted, candidate=cand))
         logger.debug("%s retrieval for %r: %d of %d candidates", self.mode, query[:60], len(docs), len(candidates))
         return docs
 
-    def _document(self, record: Any, similarity: float, result: GateResult, *, rank: int, admitted: bool) -> Document:
+    def _document(
+        self, record: Any, similarity: float, result: GateResult, *, rank: int, admitted: bool,
+        candidate: GateCandidate | None = None,
+    ) -> Document:
         metadata: dict[str, Any] = {
             "edit_id": record.edit_id,
             "prompt": record.prompt,
@@ -189,6 +199,8 @@ class RecipeKnowledgeRetriever(BaseRetriever):
             "sentinel_similarity": float(result.sentinel_similarity),
             "margin": float(result.margin),
             "admitted": bool(admitted),
+            "verifier_probability": candidate.verifier_probability if candidate is not None else None,
+            "verifier_threshold": result.verifier_threshold,
             "rank": rank,
             "namespace": record.namespace,
             "created_at": record.created_at,

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from recipe_chain.gate import admits
+from recipe_chain.gate import admits, shortlist, verified_choice
 from recipe_chain.prefix_lm import Prefix, PrefixedCausalLM
 from recipe_chain.store import GateResult
 
@@ -122,10 +122,19 @@ def apply_gate_overrides(
     if gated == result.gated and new_margin == result.margin:
         return result
     best = result.candidates[0] if result.candidates else None
-    admitted = best is not None and admits(
-        best.similarity, result.sentinel_similarity, margin=new_margin, use_gate=gated
-    )
-    hit = best.record if admitted else None
+    if gated and result.verifier_threshold is not None and result.prefilter_margin is not None:
+        # Two-stage gate: re-shortlist under the new margin; a candidate the store did not
+        # shortlist has no verifier probability and stays rejected.
+        sims = [c.similarity for c in result.candidates]
+        listed = set(shortlist(sims, result.sentinel_similarity, margin=result.prefilter_margin + new_margin, k=len(sims)))
+        probs = [c.verifier_probability if i in listed else None for i, c in enumerate(result.candidates)]
+        pick = verified_choice(probs, result.verifier_threshold)
+        hit = result.candidates[pick].record if pick is not None else None
+    else:
+        admitted = best is not None and admits(
+            best.similarity, result.sentinel_similarity, margin=new_margin, use_gate=gated
+        )
+        hit = best.record if admitted else None
     updated = result.model_copy(update={"hit": hit, "margin": new_margin, "gated": gated})
     if hit is None or (result.hit is not None and result.hit.edit_id == hit.edit_id):
         return updated  # the same hit keeps its (possibly not yet computed) prompt vectors
@@ -138,7 +147,9 @@ def edit_info(result: GateResult | None) -> dict[str, Any]:
 
     Keys: ``edit_fired``, ``edit_id``, ``statement``, ``hit_similarity`` (best
     candidate, even if rejected), ``sentinel_similarity``, ``margin`` (the extra margin
-    the gate applied) and ``gated`` (False when the gate was off or edits were not used).
+    the gate applied), ``gated`` (False when the gate was off or edits were not used),
+    and the second stage's ``verifier_probability`` and ``verifier_threshold`` (``None``
+    without a verifier, or when no candidate was shortlisted).
     """
     if result is None:
         return {
@@ -149,6 +160,8 @@ def edit_info(result: GateResult | None) -> dict[str, Any]:
             "sentinel_similarity": None,
             "margin": None,
             "gated": False,
+            "verifier_probability": None,
+            "verifier_threshold": None,
         }
     hit = result.hit
     return {
@@ -159,6 +172,8 @@ def edit_info(result: GateResult | None) -> dict[str, Any]:
         "sentinel_similarity": result.sentinel_similarity,
         "margin": result.margin,
         "gated": result.gated,
+        "verifier_probability": result.verifier_probability,
+        "verifier_threshold": result.verifier_threshold,
     }
 
 

@@ -105,8 +105,9 @@ import torch
 
 from recipe_chain.editor import RecipeEditor, statement_of
 from recipe_chain.errors import DuplicateEditError, EditNotFoundError, EncoderMismatchError, RecipeChainError
-from recipe_chain.gate import admits, rank, rescore, sentinel_similarity
+from recipe_chain.gate import admits, rank, rescore, sentinel_similarity, shortlist, verified_choice
 from recipe_chain.records import EditRecord, GateCandidate, GateResult, ScalarMeta
+from recipe_chain.verifier import EditVerifier, VerifierChoice
 from recipe_chain.write_behind import (
     JOURNAL_FILE,
     EditJournal,
@@ -394,6 +395,7 @@ class RecipeKnowledgeStore:
         candidate_k: int = 8,
         allow_reindex: bool = False,
         write_behind: bool = False,
+        verifier: VerifierChoice = "auto",
     ) -> None:
         if not isinstance(editor, RecipeEditor):
             raise TypeError(f"editor must be a RecipeEditor, got {type(editor).__name__}")
@@ -414,6 +416,11 @@ class RecipeKnowledgeStore:
             raise ValueError(
                 "write_behind=True needs an embedded store (path=): its journal lives in the store's directory"
             )
+        if verifier == "auto":
+            verifier = editor.gate_verifier
+        elif verifier is not None and not isinstance(verifier, EditVerifier):
+            raise TypeError(f"verifier must be 'auto', an EditVerifier or None, got {type(verifier).__name__}")
+        self.verifier: EditVerifier | None = verifier
         self.editor = editor
         self.use_gate = use_gate
         self.gate_margin = float(gate_margin)
@@ -1479,24 +1486,55 @@ class RecipeKnowledgeStore:
         reps = self._encode_queries(texts)  # (Q, d)
         sentinel = self._sentinel_key()  # (d,)
         found = self._search(reps, self.candidate_k)
+        scored = [self._scored(reps[i], found[i]) for i in range(len(texts))]
+        sents = [sentinel_similarity(reps[i], sentinel) for i in range(len(texts))]
+        verifier = self.verifier if self.use_gate else None
+        probabilities = self._verify(texts, scored, sents) if verifier is not None else None
         results: list[GateResult] = []
         for i, text in enumerate(texts):
-            candidates, keys = self._scored(reps[i], found[i])
-            sent = sentinel_similarity(reps[i], sentinel)
+            candidates, keys = scored[i]
             best = candidates[0].similarity if candidates else None
-            hit = candidates[0].record if admits(best, sent, margin=self.gate_margin, use_gate=self.use_gate) else None
+            if probabilities is not None:
+                candidates = [c.model_copy(update={"verifier_probability": p}) for c, p in zip(candidates, probabilities[i])]
+                pick = verified_choice(probabilities[i], verifier.config.threshold)  # type: ignore[union-attr]
+            else:
+                pick = 0 if admits(best, sents[i], margin=self.gate_margin, use_gate=self.use_gate) else None
+            hit = candidates[pick].record if pick is not None else None
             results.append(
                 GateResult(
                     query=text,
                     hit=hit,
                     hit_similarity=best,
-                    sentinel_similarity=sent,
+                    sentinel_similarity=sents[i],
                     margin=self.gate_margin,
                     gated=self.use_gate,
                     candidates=candidates,
-                ).bind_prompt_vectors(self._vector_source(keys[0]) if hit is not None else None)
+                    verifier_threshold=verifier.config.threshold if verifier is not None else None,
+                    prefilter_margin=verifier.config.prefilter_margin if verifier is not None else None,
+                ).bind_prompt_vectors(self._vector_source(keys[pick]) if pick is not None else None)
             )
         return results
+
+    def _verify(
+        self, texts: Sequence[str], scored: list[tuple[list[GateCandidate], list[torch.Tensor]]], sents: list[float]
+    ) -> list[list[float | None]]:
+        """The verifier's probabilities of each query's shortlisted candidates (``None``: not shortlisted)."""
+        verifier = self.verifier
+        assert verifier is not None
+        config = verifier.config
+        out: list[list[float | None]] = [[None] * len(candidates) for candidates, _ in scored]
+        jobs: list[tuple[int, int]] = []
+        for i, (candidates, _) in enumerate(scored):
+            sims = [c.similarity for c in candidates]
+            jobs += [(i, j) for j in shortlist(sims, sents[i], margin=config.prefilter_margin + self.gate_margin,
+                                               k=config.candidate_k)]
+        if jobs:
+            with self._encode_lock:
+                probs = verifier.probabilities([texts[i] for i, _ in jobs],
+                                               [scored[i][0][j].record.statement for i, j in jobs]).tolist()
+            for (i, j), p in zip(jobs, probs):
+                out[i][j] = float(p)
+        return out
 
     # ------------------------------------------------------------------ maintenance
     def reindex(self, new_editor: RecipeEditor, batch_size: int = 256) -> None:

@@ -106,7 +106,8 @@ def test_without_store_or_edits_is_the_plain_llm(models, admit_store, lm):
         assert llm.batch([EDITED, UNRELATED]) == plain
         info = info_of(llm, EDITED)
         assert info == {"edit_fired": False, "edit_id": None, "statement": None, "hit_similarity": None,
-                        "sentinel_similarity": None, "margin": None, "gated": False}
+                        "sentinel_similarity": None, "margin": None, "gated": False,
+                        "verifier_probability": None, "verifier_threshold": None}
 
 
 # ---------------------------------------------------------------------- edits
