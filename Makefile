@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench-store bench-quality bench-scale clean
+.PHONY: install demo test test-fast bench-store bench-quality bench-scale bench-gate train-verifier clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,14 +49,29 @@ bench-store: $(STAMP)
 bench-quality: $(STAMP)
 	$(VENV)/bin/recipe-chain eval-suite --out benchmarks/results/suite --threads 2
 
-# T = 10,000 sequential CounterFact edits with the shipped checkpoint (~25 min on 2 cores; text-rag's
-# plain format is the one the suite chose on CounterFact dev).
+# T = 10,000 sequential CounterFact edits with the shipped checkpoint and its gate verifier (~25 min
+# on 2 cores; text-rag's plain format is the one the suite chose on CounterFact dev). The run
+# before the verifier, same command, is benchmarks/results/eval/cf-T10000-current.
 bench-scale: $(STAMP)
 	$(VENV)/bin/recipe-chain eval --data ../shared/data/counterfact/eval.json --edits 10000 --seed 0 \
 		--dev-data ../shared/data/counterfact/train.json --duplicate-facts supersede \
 		--methods no-edit,recipe,text-rag --text-rag-format plain --t-grid 1000,10000 \
 		--checkpoint-sample 100 --final-sample 500 --gen-sample 200 --general-n 500 --general-answer-n 200 \
-		--latency-samples 5 --threads 2 --out benchmarks/results/eval/cf-T10000-current --resume
+		--latency-samples 5 --threads 2 --out benchmarks/results/eval/cf-T10000-verifier --resume
+
+# The gate alone against store size, up to 100,000 edits, for the gate designs side by side
+# (~30 min; encodings cached under ~/.cache/recipe-chain) -> benchmarks/results/gate_scale.{md,json,png};
+# and long inputs (~2,000 tokens before the question) -> benchmarks/results/query_window.md.
+bench-gate: $(STAMP)
+	$(PY) benchmarks/bench_gate_scale.py
+	$(PY) benchmarks/bench_query_window.py
+
+# The shipped gate verifier (~35 min on 2 cores); never trained on the evaluation sets. Its threshold
+# 0.85 is the one bench_gate_scale.py chose on its dev split (benchmarks/results/gate_scale.md).
+train-verifier: $(STAMP)
+	$(VENV)/bin/recipe-chain train-verifier --out runs/verifier --steps 4000 --lr 1e-3 --layers 3 --threshold 0.85 \
+		--data ../shared/data/counterfact/train.json ../shared/data/knowedit/wiki_counterfact_train.json \
+		../shared/data/questions/hallueditbench.json ../shared/data/questions/pokemqa_edit2questions.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -111,8 +111,9 @@ class EditVerifier(nn.Module):
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.head = nn.Linear(config.backbone_hidden_size, 1)  # mean-pooled pair -> logit
-        self._compiled: tuple[tuple[int, ...], object] | None = None
+        self._compiled: tuple[tuple[int | bool, ...], object] | None = None
         self.compiled_inference = True
+        self.int8_inference = False  # int8 weights and activations in the compiled graph (see CompiledBertBackbone)
         self.eval()
 
     # ------------------------------------------------------------------ construction
@@ -194,11 +195,15 @@ class EditVerifier(nn.Module):
         if len(queries) != len(statements):
             raise ValueError(f"{len(queries)} queries but {len(statements)} statements")
         limit = self.config.max_length
-        statement_tokens = self._count(statements)
-        fitted = []
-        for query, n_statement in zip(queries, statement_tokens):
-            room = max(8, limit - n_statement + 1)  # the pair shares one [CLS]: +1
-            fitted.append(query if len(query) + 2 <= room else asking_window(query, self._count, room))
+        fitted = list(queries)
+        # A token covers at least one character, so short pairs (nearly all) skip the count.
+        long = [i for i, (q, s) in enumerate(zip(queries, statements)) if len(q) + len(s) + 3 > limit]
+        if long:
+            statement_tokens = self._count([statements[i] for i in long])
+            for i, n_statement in zip(long, statement_tokens):
+                room = max(8, limit - n_statement + 1)  # the pair shares one [CLS]: +1
+                if self._count([queries[i]])[0] > room:
+                    fitted[i] = asking_window(queries[i], self._count, room)
         batch = self.tokenizer(
             fitted, list(statements), padding=True, truncation="longest_first", max_length=limit, return_tensors="pt"
         )
@@ -238,10 +243,10 @@ class EditVerifier(nn.Module):
 
         if not supports(self.backbone):
             return None
-        stamp = weights_stamp(self.backbone)
+        stamp = (*weights_stamp(self.backbone), bool(self.int8_inference))
         if self._compiled is None or self._compiled[0] != stamp:
             try:
-                self._compiled = (stamp, CompiledBertBackbone(self.backbone, adapters=True))
+                self._compiled = (stamp, CompiledBertBackbone(self.backbone, adapters=True, int8=bool(self.int8_inference)))
             except Exception as exc:  # noqa: BLE001 - the eager forward is always correct
                 logger.warning("Could not compile the verifier backbone (%s); using the eager forward", exc)
                 self.compiled_inference = False

@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Mine the retriever's top wrong hits for at most this many queries.")
     p.add_argument("--mined-per-query", type=int, default=2)
     p.add_argument("--min-recall", type=float, default=0.97, help="Threshold: admit this share of dev positives.")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="Admission threshold to store instead of the --min-recall one (e.g. the one benchmarks/"
+                        "bench_gate_scale.py chose on its dev split).")
     p.add_argument("--candidate-k", type=positive_int, default=2)
     p.add_argument("--prefilter-margin", type=float, default=-2.0)
     p.add_argument("--seed", type=int, default=0)
@@ -94,13 +97,17 @@ def run_train_verifier(args: argparse.Namespace) -> int:
     config = VerifierTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                     min_recall=args.min_recall)
     log = train_verifier(verifier, train, config)
-    verifier.config = verifier.config.model_copy(update={"threshold": tune_threshold(verifier, dev, args.min_recall)})
+    tuned = tune_threshold(verifier, dev, args.min_recall)
+    threshold = tuned if args.threshold is None else args.threshold
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
+    verifier.config = verifier.config.model_copy(update={"threshold": threshold})
     metrics = pair_metrics(verifier, dev)
     out = verifier.save_pretrained(args.out)
     report = {
         "data": list(args.data), "facts": len(facts), "train_pairs": len(train), "dev_pairs": len(dev),
         "config": verifier.config.model_dump(mode="json"), "training": config.model_dump(),
-        "dev_metrics": metrics, "mining_seconds": round(mined_seconds, 1),
+        "threshold_min_recall": tuned, "dev_metrics": metrics, "mining_seconds": round(mined_seconds, 1),
         "total_seconds": round(time.perf_counter() - start, 1), "log": log,
     }
     (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -1716,6 +1716,7 @@ class LifelongEvaluator:
         """Store-level figures that attribute errors to retrieval or to the gate."""
         top_ok: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
         admit_given_ok: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
+        right_admitted: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
         margins: dict[str, list[float]] = {"prompt": [], "paraphrase": [], "locality": [], "general": []}
         for r in rows:
             if r.kind not in margins:
@@ -1726,6 +1727,7 @@ class LifelongEvaluator:
             if r.kind in top_ok:
                 ok = g.top_id == edit_ids[r.example]  # type: ignore[index]
                 top_ok[r.kind].append(ok)
+                right_admitted[r.kind].append(g.hit_id == edit_ids[r.example])  # type: ignore[index]
                 if ok:
                     admit_given_ok[r.kind].append(g.hit_id is not None)
         out: dict[str, float | None] = {
@@ -1733,6 +1735,9 @@ class LifelongEvaluator:
             "retrieval_top1_paraphrase": M.rate(top_ok["paraphrase"]),
             "gate_admits_correct_top1_prompt": M.rate(admit_given_ok["prompt"]),
             "gate_admits_correct_top1_paraphrase": M.rate(admit_given_ok["paraphrase"]),
+            # with a gate verifier the admitted edit need not be the top-1
+            "right_edit_admitted_prompt": M.rate(right_admitted["prompt"]),
+            "right_edit_admitted_paraphrase": M.rate(right_admitted["paraphrase"]),
         }
         for kind, values in margins.items():
             out[f"top1_minus_sentinel_median_{kind}"] = M.percentile(values, 0.5)
