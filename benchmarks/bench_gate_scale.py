@@ -395,7 +395,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for design in dict.fromkeys(r["design"] for r in rows):
+    shown = ("sentinel", "sentinel +2", "sentinel calibrated", "verifier")
+    for design in [d for d in dict.fromkeys(r["design"] for r in rows) if d in shown]:
         mine = [r for r in rows if r["design"] == design]
         ts = [r["T"] for r in mine]
         ax1.plot(ts, [100 * r["false_fire_neighbour"] for r in mine], marker="o", label=design)

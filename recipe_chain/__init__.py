@@ -70,6 +70,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "EditRecord": "recipe_chain.store",
     "GateCandidate": "recipe_chain.store",
     "GateResult": "recipe_chain.store",
+    "EditVerifier": "recipe_chain.verifier",
+    "VerifierConfig": "recipe_chain.verifier",
     "load_default_editor": "recipe_chain.defaults",
     "default_checkpoint_path": "recipe_chain.defaults",
     "TrainingConfig": "recipe_chain.training",

@@ -207,7 +207,9 @@ class DemoRow(BaseModel):
         fired_edit_id: The edit that fired, if any.
         fired_statement: Its statement.
         hit_similarity: Similarity of the best stored edit.
-        sentinel_similarity: Similarity of the Knowledge Sentinel (the threshold).
+        sentinel_similarity: Similarity of the Knowledge Sentinel.
+        verifier_probability: The gate verifier's probability for the admitted (or best
+            shortlisted) edit; ``None`` without a verifier or when nothing was shortlisted.
         rag_retrieved: Whether the text-RAG chain put a statement into the prompt.
     """
 
@@ -227,6 +229,7 @@ class DemoRow(BaseModel):
     fired_statement: str | None = None
     hit_similarity: float | None = None
     sentinel_similarity: float | None = None
+    verifier_probability: float | None = None
     rag_retrieved: bool
 
 
@@ -401,6 +404,7 @@ def run_demo(
                     fired_statement=info.get("statement"),
                     hit_similarity=info.get("hit_similarity"),
                     sentinel_similarity=info.get("sentinel_similarity"),
+                    verifier_probability=info.get("verifier_probability"),
                     rag_retrieved=bool(docs),
                 )
             )

@@ -230,7 +230,7 @@ def test_demo_command_prints_the_side_by_side_table(run, tmp_path) -> None:
     code, out, _ = run("demo", "--data", str(data), "--questions", str(questions), "--n-edits", "2",
                        "--max-new-tokens", "3", store_path=None)
     assert code == 0
-    for header in ("KIND", "QUESTION", "BEFORE (plain)", "FIRED hit>KS", "AFTER (RECIPE)", "CTX", "TEXT RAG"):
+    for header in ("KIND", "QUESTION", "BEFORE (plain)", "FIRED hit>KS / P", "AFTER (RECIPE)", "CTX", "TEXT RAG"):
         assert header in out
     body = out.split("Edits imported:")[1]
     assert len(re.findall(r"^(edit|paraphrase|locality|unrelated) ", body, flags=re.M)) == 2 * 3 + 1

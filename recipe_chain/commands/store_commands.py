@@ -114,7 +114,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], max_widt
     return "\n".join(lines)
 
 
-def _similarities(hit: float | None, sentinel: float | None) -> str:
+def _similarities(hit: float | None, sentinel: float | None, verifier: float | None = None) -> str:
+    if verifier is not None:  # two-stage gate: the verifier's probability decided
+        return f"P={verifier:.2f}"
     if hit is None or sentinel is None:
         return "-"
     return f"{hit:.2f}{'>' if hit > sentinel else '<='}{sentinel:.2f}"
@@ -156,11 +158,21 @@ def cmd_ask(args: argparse.Namespace) -> int:
     hit, sentinel = info.get("hit_similarity"), info.get("sentinel_similarity")
     margin = info.get("margin") or 0.0
     threshold = f"sentinel {sentinel:.3f}" + (f" + margin {margin:.3f}" if margin else "") if sentinel is not None else ""
+    prob, tau = info.get("verifier_probability"), info.get("verifier_threshold")
     if info.get("edit_fired"):
         print(f"edit fired: {info.get('edit_id')}  \"{info.get('statement')}\"")
-        print(f"  similarity {hit:.3f} > {threshold}" if info.get("gated", True) else f"  similarity {hit:.3f} (gate off)")
+        if not info.get("gated", True):
+            print(f"  similarity {hit:.3f} (gate off)")
+        elif tau is not None:
+            print(f"  verifier P={prob:.3f} > {tau:.3f} (best similarity {hit:.3f}, {threshold})")
+        else:
+            print(f"  similarity {hit:.3f} > {threshold}")
     elif hit is None:
         print("no edit fired: the store has no edits in this namespace")
+    elif tau is not None and prob is not None:
+        print(f"no edit fired: verifier P={prob:.3f} <= {tau:.3f} (best similarity {hit:.3f}, {threshold})")
+    elif tau is not None:
+        print(f"no edit fired: no candidate near the sentinel (best similarity {hit:.3f}, {threshold})")
     else:
         print(f"no edit fired: best similarity {hit:.3f} <= {threshold}")
     return 0
@@ -240,12 +252,12 @@ def format_demo_report(report: DemoReport, width: int = 24) -> str:
             r.question,
             expected,
             _first_line(r.before),
-            ("yes " if r.fired else "no ") + _similarities(r.hit_similarity, r.sentinel_similarity),
+            ("yes " if r.fired else "no ") + _similarities(r.hit_similarity, r.sentinel_similarity, r.verifier_probability),
             _first_line(r.after),
             "yes" if r.rag_retrieved else "no",
             _first_line(r.text_rag),
         ])
-    headers = ["KIND", "QUESTION", "NEW / REF", "BEFORE (plain)", "FIRED hit>KS", "AFTER (RECIPE)", "CTX", "TEXT RAG"]
+    headers = ["KIND", "QUESTION", "NEW / REF", "BEFORE (plain)", "FIRED hit>KS / P", "AFTER (RECIPE)", "CTX", "TEXT RAG"]
     lines = []
     if not report.trained:
         lines.append("WARNING: UNTRAINED editor (no shipped checkpoint; RECIPE_CHAIN_ALLOW_UNTRAINED=1): "
