@@ -236,17 +236,20 @@ class KnowledgeEncoder(nn.Module):
         """Token counts of ``texts`` with the special tokens, as :meth:`tokenize` counts them."""
         if self._backend is not None:
             return [len(e.ids) for e in self._backend.encode_batch(list(texts))]
-        return [len(ids) for ids in self.tokenizer(list(texts), truncation=False)["input_ids"]]
+        return [len(ids) for ids in self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
 
     def _tail_tokens(self, text: str, n: int) -> str:
-        ids = self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+        if self._backend is not None:  # no "longer than the maximum sequence length" warning
+            ids = self._backend.encode(text, add_special_tokens=False).ids
+        else:
+            ids = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         return self.tokenizer.decode(ids[-n:])
 
     def query_windows(self, texts: Sequence[str]) -> list[str]:
         """What the query head reads of each text: the text, or its asking part when too long.
 
-        See :mod:`recipe_chain.query_window`: the longest run of whole trailing sentences
-        that fits ``max_length``. Statements never pass through here: a cut statement
+        See :mod:`recipe_chain.query_window`: the last sentence of a text over
+        ``max_length``. Statements never pass through here: a cut statement
         would lose its new target, so they keep the length error.
         """
         # Every token covers at least one character: a text of at most max_length - 2

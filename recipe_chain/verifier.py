@@ -111,6 +111,9 @@ class EditVerifier(nn.Module):
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.head = nn.Linear(config.backbone_hidden_size, 1)  # mean-pooled pair -> logit
+        from recipe_chain.encoder import _plain_backend
+
+        self._backend = _plain_backend(tokenizer)
         self._compiled: tuple[tuple[int | bool, ...], object] | None = None
         self.compiled_inference = True
         self.int8_inference = False  # int8 weights and activations in the compiled graph (see CompiledBertBackbone)
@@ -188,7 +191,9 @@ class EditVerifier(nn.Module):
 
     # ------------------------------------------------------------------ scoring
     def _count(self, texts: Sequence[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(list(texts), truncation=False)["input_ids"]]
+        if self._backend is not None:  # counts without the "longer than the maximum length" warning
+            return [len(e.ids) for e in self._backend.encode_batch(list(texts))]
+        return [len(ids) for ids in self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
 
     def tokenize_pairs(self, queries: Sequence[str], statements: Sequence[str]) -> dict[str, torch.Tensor]:
         """Pair encodings; each query is cut to its asking part so that the pair fits ``max_length``."""

@@ -21,11 +21,11 @@ def test_short_text_is_returned_unchanged() -> None:
     assert asking_window("Who runs Acme Rockets?", _words, 64) == "Who runs Acme Rockets?"
 
 
-def test_keeps_whole_trailing_sentences_that_fit() -> None:
+def test_a_long_text_is_cut_to_its_last_sentence() -> None:
     text = "one two three. four five six. seven eight nine ten?"
-    # budget 9 - 2 = 7 words: the last two sentences (3 + 4) fit, the first does not
-    assert asking_window(text, _words, 9) == "four five six. seven eight nine ten?"
-    assert asking_window(text, _words, 6) == "seven eight nine ten?"
+    assert asking_window(text, _words, 20) == text  # fits: unchanged
+    assert asking_window(text, _words, 9) == "seven eight nine ten?"  # the last two would fit, yet only the last is read
+    assert asking_window("context line\nWho runs Acme Rockets?", _words, 6) == "Who runs Acme Rockets?"
 
 
 def test_an_overlong_last_sentence_keeps_its_last_tokens() -> None:
@@ -44,7 +44,7 @@ def test_encoder_windows_a_2000_token_query_and_still_rejects_long_statements(ll
     long_query = background + " Who is the CEO of Acme Rockets?"
     assert editor.encoder.count_tokens([long_query])[0] > 2000
     window = editor.encoder.query_windows([long_query])[0]
-    assert window.endswith("Who is the CEO of Acme Rockets?")
+    assert window == "Who is the CEO of Acme Rockets?"
     assert editor.encoder.count_tokens([window])[0] <= editor.encoder.max_length
     reps = editor.encode_queries([long_query, window])  # never raises
     assert reps.shape[0] == 2 and float((reps[0] - reps[1]).abs().max()) < 1e-4
