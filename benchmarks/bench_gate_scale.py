@@ -178,6 +178,7 @@ def main() -> None:  # noqa: PLR0915 - a benchmark script, read top to bottom
     parser.add_argument("--name", default="gate_scale")
     parser.add_argument("--thresholds", type=float, nargs="*", default=[0.5, 0.7, 0.8, 0.85, 0.9, 0.95],
                         help="verifier thresholds to sweep besides the shipped one")
+    parser.add_argument("--int8-verifier", action="store_true", help="run the verifier with int8 inference")
     parser.add_argument("--report-only", action="store_true", help="re-render the .md and .png from the .json")
     args = parser.parse_args()
     if args.report_only:
@@ -193,6 +194,8 @@ def main() -> None:  # noqa: PLR0915 - a benchmark script, read top to bottom
 
     editor = load_default_editor()
     verifier = editor.gate_verifier
+    if verifier is not None and args.int8_verifier:
+        verifier.int8_inference = True
     sizes = [int(s) for s in args.sizes.split(",")]
     records = load_probes(10_000)
     probes, dev = records[: args.probes], records[args.probes :]
@@ -226,7 +229,8 @@ def main() -> None:  # noqa: PLR0915 - a benchmark script, read top to bottom
         digest = hashlib.sha256()
         for name, tensor in sorted(verifier.trainable_state_dict().items()):
             digest.update(name.encode() + tensor.float().numpy().tobytes())
-        prob_path = Path(args.cache) / f"verifier-{digest.hexdigest()[:16]}.pt"
+        int8 = "-int8" if args.int8_verifier else ""
+        prob_path = Path(args.cache) / f"verifier-{digest.hexdigest()[:16]}{int8}.pt"
         if prob_path.is_file():
             prob_cache = torch.load(prob_path, weights_only=False)
 
@@ -344,6 +348,7 @@ def main() -> None:  # noqa: PLR0915 - a benchmark script, read top to bottom
         "threshold_chosen_on_dev": chosen,
         "checkpoint_fingerprint": editor.fingerprint,
         "verifier": verifier.config.model_dump(mode="json") if verifier is not None else None,
+        "verifier_int8": bool(args.int8_verifier),
         "probes": len(probes), "real_filler": min(len(filler), 20000), "rows": rows,
         "machine": machine_info(), "seconds": round(time.perf_counter() - start, 1),
     }

@@ -89,9 +89,11 @@ class RecipeEmbeddings(BaseModel, Embeddings):
     def embed_query(self, text: str) -> list[float]:
         """Embed a query (an input the LLM will be asked) with the query head.
 
+        A query over the encoder's token limit is cut to its last sentence, as the gate
+        reads it (:mod:`recipe_chain.query_window`).
+
         Raises:
             TypeError: If ``text`` is not a string.
-            ValueError: If it exceeds the encoder's token limit.
         """
         if not isinstance(text, str):
             raise TypeError(f"embed_query expects a str, got {type(text).__name__}")

@@ -58,8 +58,10 @@ def test_empty_and_bad_inputs(emb) -> None:
         emb.embed_query(3)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         emb.embed_documents(["ok", 5])  # type: ignore[list-item]
+    # a long query is cut to its last sentence (what the gate reads); a long statement still raises
+    assert emb.embed_query("word " * 200 + ". Who runs Acme?") == emb.embed_query("Who runs Acme?")
     with pytest.raises(ValueError, match="tokens"):
-        emb.embed_query("word " * 200)  # over the encoder's max_length
+        emb.embed_documents(["word " * 200])
     with pytest.raises(ValidationError):
         RecipeEmbeddings(editor="not an editor")
     with pytest.raises(ValidationError):
