@@ -66,10 +66,17 @@ def main() -> None:
                 "sentinel_only_p50": round(percentile(off, 0.5), 2), "sentinel_only_p95": round(percentile(off, 0.95), 2),
                 "shortlisted_share": round(shortlisted / len(texts), 3), "calls": len(texts)}
 
-    gates = {"paraphrases of stored edits": timed_gates(paraphrases), "NQ questions": timed_gates(nq)}
+    gates = {}
+    for int8 in (True, False):
+        verifier.int8_inference = int8
+        suffix = " (verifier int8, the default)" if int8 else " (verifier float32)"
+        gates["paraphrases of stored edits" + suffix] = timed_gates(paraphrases)
+    verifier.int8_inference = True
+    gates["NQ questions"] = timed_gates(nq)
     pair_q = paraphrases[0]
     pair_s = examples[0].statement
     alone = {}
+    default_int8 = verifier.int8_inference
     for int8 in (False, True):
         verifier.int8_inference = int8
         for n in (1, 2):
@@ -80,7 +87,7 @@ def main() -> None:
                 verifier.probabilities([pair_q] * n, [pair_s] * n)
                 times.append(1000 * (time.perf_counter() - t))
             alone[f"{'int8' if int8 else 'float32'}, {n} pair(s)"] = round(percentile(times, 0.5), 2)
-    verifier.int8_inference = False
+    verifier.int8_inference = default_int8
     store.close()
     payload = {
         "command": "python benchmarks/bench_gate_latency.py " + " ".join(sys.argv[1:]),

@@ -62,6 +62,9 @@ class VerifierConfig(BaseModel):
         candidate_k: How many top candidates the verifier reads.
         prefilter_margin: Shortlist candidates with ``sim > sentinel + prefilter_margin``
             (negative: looser than the sentinel alone).
+        int8_inference: Score pairs through the int8 compiled graph on a CPU: under half
+            the float32 time, with the same gate figures at T = 10,000 to 0.5 points
+            (``benchmarks/results/gate_scale-int8.md``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -77,6 +80,7 @@ class VerifierConfig(BaseModel):
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     candidate_k: int = Field(default=2, ge=1)
     prefilter_margin: float = -2.0
+    int8_inference: bool = True
 
 
 class EditVerifier(nn.Module):
@@ -116,7 +120,7 @@ class EditVerifier(nn.Module):
         self._backend = _plain_backend(tokenizer)
         self._compiled: tuple[tuple[int | bool, ...], object] | None = None
         self.compiled_inference = True
-        self.int8_inference = False  # int8 weights and activations in the compiled graph (see CompiledBertBackbone)
+        self.int8_inference = config.int8_inference  # int8 weights and activations in the compiled graph
         self.eval()
 
     # ------------------------------------------------------------------ construction

@@ -80,11 +80,15 @@ def test_save_load_round_trip_and_compiled_equals_eager(backbone_dir: Path, tmp_
     loaded = EditVerifier.from_pretrained(out, backbone=BertModel.from_pretrained(tiny_backbone_dir(backbone_dir)),
                                           tokenizer=AutoTokenizer.from_pretrained(tiny_backbone_dir(backbone_dir)))
     assert loaded.config == verifier.config and len(loaded.backbone.encoder.layer) == 1
+    assert verifier.int8_inference and loaded.int8_inference  # the default
+    int8 = loaded.probabilities(*zip(MATCH, SAME_SUBJECT))
+    verifier.int8_inference = loaded.int8_inference = False
     a = verifier.probabilities(*zip(MATCH, SAME_SUBJECT))
     b = loaded.probabilities(*zip(MATCH, SAME_SUBJECT))
     loaded.compiled_inference = False
     c = loaded.probabilities(*zip(MATCH, SAME_SUBJECT))
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(b, c, atol=1e-5)
+    assert torch.allclose(int8, c, atol=0.05)
     with pytest.raises(FileNotFoundError, match="No gate verifier"):
         EditVerifier.from_pretrained(tmp_path / "missing")
 
