@@ -397,3 +397,33 @@ def test_find_shared_data_searches_the_working_directory_and_its_parents(tmp_pat
     assert find_shared_data("counterfact/x.json") == data.resolve()
     with pytest.raises(FileNotFoundError, match="counterfact/missing.json"):
         find_shared_data("counterfact/missing.json")
+
+
+def test_ask_reports_the_verifier_decision(monkeypatch, capsys, tmp_path) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    from recipe_chain.verifier import EditVerifier
+    from tiny import tiny_backbone_dir
+    from tiny_store import tiny_models
+
+    m = tiny_models()
+    path = tiny_backbone_dir(tmp_path / "bert")
+    verifier = EditVerifier.from_backbone(BertModel.from_pretrained(path), AutoTokenizer.from_pretrained(path),
+                                          backbone_id=str(path), num_layers=1, candidate_k=8,
+                                          prefilter_margin=-1e6, threshold=0.5)
+    verifier.probabilities = lambda qs, ss: torch.tensor(  # type: ignore[method-assign]
+        [0.9 if "Darrieux" in q and "Darrieux" in s else 0.2 for q, s in zip(qs, ss)])
+    m.editor.gate_verifier = verifier
+    monkeypatch.setattr(store_commands, "load_models", lambda checkpoint=None: m)
+    store = tmp_path / "store"
+    for prompt, target, subject in EDITS[:3]:
+        assert cli.main(["--store", str(store), "edit", prompt, target, "--subject", subject]) == 0
+    capsys.readouterr()
+    assert cli.main(["--store", str(store), "ask", "What is the mother tongue of Danielle Darrieux?",
+                     "--max-new-tokens", "2"]) == 0
+    report = capsys.readouterr().out.split("\n--\n")[1]
+    assert report.startswith("edit fired:") and "Darrieux" in report.splitlines()[0]
+    assert "verifier P=0.900 > 0.500" in report
+    assert cli.main(["--store", str(store), "ask", "Who wrote Hamlet?", "--max-new-tokens", "2"]) == 0
+    assert "no edit fired: verifier P=0.200 <= 0.500" in capsys.readouterr().out
