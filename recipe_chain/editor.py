@@ -24,21 +24,20 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from recipe_chain.config import CHECKPOINT_FORMAT_VERSION, RecipeConfig
 from recipe_chain.encoder import KnowledgeEncoder
 from recipe_chain.errors import CheckpointMismatchError
-from recipe_chain.loading import DEFAULT_ENCODER_ID, llm_id_of, load_default_encoder, load_encoder
+from recipe_chain.loading import DEFAULT_ENCODER_ID, llm_id_of, load_default_encoder, load_encoder, resolve_encoder
+from recipe_chain.checkpoint_io import atomic_directory, load_trained_state
 from recipe_chain.lora import apply_lora
 from recipe_chain.prompt_encoder import PromptEncoder
 from recipe_chain.sentinel import KnowledgeSentinel
@@ -237,14 +236,7 @@ class RecipeEditor(nn.Module):
         elif tokenizer is None:
             raise ValueError("Pass the backbone's tokenizer together with the backbone")
         editor = cls(config, backbone, tokenizer)
-        state = load_file(str(path / _WEIGHTS_FILE))
-        missing, unexpected = editor.load_state_dict(state, strict=False)
-        expected = set(editor.trainable_state_dict())
-        really_missing = sorted(expected.intersection(missing))
-        if really_missing or unexpected:
-            raise CheckpointMismatchError(
-                f"Checkpoint {path} does not fit this editor: missing {really_missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        load_trained_state(editor, path / _WEIGHTS_FILE, editor.trainable_state_dict(), f"Checkpoint {path} of this editor")
         if llm is not None:
             editor.attach_llm(llm)
         if (path / VERIFIER_DIR / _CONFIG_FILE).is_file():
@@ -346,10 +338,7 @@ class RecipeEditor(nn.Module):
         if dtype not in storage:
             raise ValueError(f"dtype must be None, 'float16' or 'bfloat16'; got {dtype!r}")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a checkpoint is an ordinary, shareable directory
+        with atomic_directory(path) as tmp:
             tensors = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
             if storage[dtype] is not None:
                 parameters = {name for name, _ in self.named_parameters()}
@@ -366,11 +355,6 @@ class RecipeEditor(nn.Module):
                 self.encoder.tokenizer.save_pretrained(tmp / _BACKBONE_DIR)
             if self.gate_verifier is not None:
                 self.gate_verifier.save_pretrained(tmp / VERIFIER_DIR)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @property
@@ -526,14 +510,7 @@ def check_llm_matches(config: RecipeConfig, llm: PreTrainedModel, where: str = "
 def _resolve_backbone(config: RecipeConfig, path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if config.backbone_tuning == "full":
         return load_encoder(path / _BACKBONE_DIR)
-    if config.backbone_id == DEFAULT_ENCODER_ID:
-        return load_default_encoder()
-    if Path(config.backbone_id).is_dir():
-        return load_encoder(config.backbone_id)
-    raise CheckpointMismatchError(
-        f"Checkpoint {path} needs backbone {config.backbone_id!r}, which is neither the packaged default "
-        "nor a local directory; pass backbone= and tokenizer= to from_pretrained()."
-    )
+    return resolve_encoder(config.backbone_id, where=f"Checkpoint {path}")
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

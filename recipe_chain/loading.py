@@ -41,6 +41,7 @@ __all__ = [
     "load_gemma3_270m",
     "load_llm",
     "load_encoder",
+    "resolve_encoder",
     "llm_id_of",
 ]
 
@@ -247,6 +248,24 @@ def load_encoder(
     model = AutoModel.from_pretrained(path, local_files_only=True)
     model.eval()
     return model, tokenizer
+
+
+def resolve_encoder(backbone_id: str, *, where: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The encoder a checkpoint names: the packaged default, or a local directory.
+
+    Raises:
+        CheckpointMismatchError: Naming ``where``, for any other id (no hub at run time).
+    """
+    from recipe_chain.errors import CheckpointMismatchError
+
+    if backbone_id == DEFAULT_ENCODER_ID:
+        return load_default_encoder()
+    if Path(backbone_id).is_dir():
+        return load_encoder(backbone_id)
+    raise CheckpointMismatchError(
+        f"{where} needs backbone {backbone_id!r}, which is neither the packaged default nor a local directory; "
+        "pass backbone= and tokenizer= to from_pretrained()."
+    )
 
 
 def load_default_encoder() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

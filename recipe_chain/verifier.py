@@ -21,18 +21,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from recipe_chain.checkpoint_io import atomic_directory, load_trained_state
 from recipe_chain.errors import CheckpointMismatchError
 from recipe_chain.lora import apply_lora
 from recipe_chain.query_window import asking_window
@@ -156,18 +155,13 @@ class EditVerifier(nn.Module):
         if config.format_version != 1:
             raise CheckpointMismatchError(f"Verifier format {config.format_version} at {path}; this version reads 1")
         if backbone is None:
-            backbone, tokenizer = _load_backbone(config.backbone_id, path)
+            from recipe_chain.loading import resolve_encoder
+
+            backbone, tokenizer = resolve_encoder(config.backbone_id, where=f"Verifier {path}")
         elif tokenizer is None:
             raise ValueError("Pass the backbone's tokenizer together with the backbone")
         verifier = cls(config, backbone, tokenizer)
-        state = load_file(str(path / _WEIGHTS_FILE))
-        missing, unexpected = verifier.load_state_dict(state, strict=False)
-        trained = set(verifier.trainable_state_dict())
-        if unexpected or trained.intersection(missing):
-            raise CheckpointMismatchError(
-                f"Verifier {path} does not fit: missing {sorted(trained.intersection(missing))[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
+        load_trained_state(verifier, path / _WEIGHTS_FILE, verifier.trainable_state_dict(), f"Verifier {path}")
         verifier.eval()
         return verifier
 
@@ -178,19 +172,11 @@ class EditVerifier(nn.Module):
     def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` + ``model.safetensors`` atomically (temp dir, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            os.chmod(tmp, 0o755)
+        with atomic_directory(path) as tmp:
             tensors = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
             save_file(tensors, str(tmp / _WEIGHTS_FILE), metadata={"format": "pt"})
             os.chmod(tmp / _WEIGHTS_FILE, 0o644)
             (tmp / _CONFIG_FILE).write_text(json.dumps(self.config.model_dump(mode="json"), indent=2) + "\n")
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     # ------------------------------------------------------------------ scoring
@@ -265,19 +251,6 @@ class EditVerifier(nn.Module):
     def decide(self, probability: float) -> bool:
         """Whether ``probability`` clears the tuned threshold."""
         return probability > self.config.threshold
-
-
-def _load_backbone(backbone_id: str, path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from recipe_chain.loading import DEFAULT_ENCODER_ID, load_default_encoder, load_encoder
-
-    if backbone_id == DEFAULT_ENCODER_ID:
-        return load_default_encoder()
-    if Path(backbone_id).is_dir():
-        return load_encoder(backbone_id)
-    raise CheckpointMismatchError(
-        f"Verifier {path} needs backbone {backbone_id!r}, which is neither the packaged default nor a local "
-        "directory; pass backbone= and tokenizer= to EditVerifier.from_pretrained()."
-    )
 
 
 VerifierChoice = Literal["auto"] | EditVerifier | None
