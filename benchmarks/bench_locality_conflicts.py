@@ -3,9 +3,11 @@
 A flat CounterFact locality prompt asks the same relation about another subject. In a
 store that holds all of `eval.json`, that other subject may have been edited too, and then
 firing is right. This script reopens the store `make bench-scale` left behind, gates the
-locality prompts of a seeded sample of eval records, and splits the fires into those
-whose admitted edit is about a subject the prompt names (the prompt's own fact, or
-another fact of its subject, is in the store) and the rest.
+locality prompts of a seeded sample of eval records, and splits them the way the
+harness does (`recipe_chain/evaluation/edited_facts.py`): prompts that ask a fact an edit
+in the store changed (same subject, old answer = the prompt's reference answer), where
+firing is right, and the rest, where any fire is false; false fires are split again by
+whether the admitted edit is about a subject the prompt names (another fact of it).
 
 Run:  .venv/bin/python benchmarks/bench_locality_conflicts.py [--sample 2000]
 Writes benchmarks/results/eval/cf-T10000-verifier/locality_conflicts.{json,md}.
@@ -40,6 +42,7 @@ def main() -> None:
 
     from recipe_chain import RecipeKnowledgeStore, load_default_editor
     from recipe_chain.data import load_edit_examples
+    from recipe_chain.evaluation.edited_facts import EditedFacts
 
     editor = load_default_editor()
     results = json.loads((RUN / "results.json").read_text())
@@ -60,30 +63,42 @@ def main() -> None:
             store = None
     if store is None:
         raise SystemExit(f"no RECIPE store of the run in {RUN / 'store'} (collections: {names})")
-    examples = [e for e in load_edit_examples(DATA / "counterfact" / "eval.json") if e.locality]
+    everything = load_edit_examples(DATA / "counterfact" / "eval.json")
+    facts = EditedFacts(everything)  # the run put every eval.json edit into the store
+    examples = [e for e in everything if e.locality]
     random.Random(args.seed).shuffle(examples)
     examples = examples[: args.sample]
-    fired = about_named = 0
+    counts = {"asks_edited_fact": 0, "fired_on_edited_fact": 0, "false_fire_same_subject": 0,
+              "false_fire_otherwise": 0}
     rows = []
     for a in range(0, len(examples), 64):
         part = examples[a : a + 64]
         for ex, g in zip(part, store.gate_batch([e.locality[0].prompt for e in part])):
+            loc = ex.locality[0]
+            edited = facts.asks_edited_fact(loc.prompt, loc.answer)
+            counts["asks_edited_fact"] += edited
             if g.hit is None:
                 continue
-            fired += 1
             subject = g.hit.subject or ""
-            named = bool(subject) and _norm(subject) in _norm(ex.locality[0].prompt)
-            about_named += named
+            named = bool(subject) and _norm(subject) in _norm(loc.prompt)
+            kind = "fired_on_edited_fact" if edited else "false_fire_same_subject" if named else "false_fire_otherwise"
+            counts[kind] += 1
             if len(rows) < 30:
-                rows.append({"locality_prompt": ex.locality[0].prompt, "fired_statement": g.hit.statement,
-                             "names_its_subject": named})
+                rows.append({"locality_prompt": loc.prompt, "reference": loc.answer, "fired_statement": g.hit.statement,
+                             "kind": kind})
     n = len(examples)
+    n_edited = counts["asks_edited_fact"]
     payload = {
         "command": "python benchmarks/bench_locality_conflicts.py " + " ".join(sys.argv[1:]),
-        "store_edits": store.count(), "locality_prompts": n, "fired": fired / n,
-        "fired_on_an_edit_of_a_subject_the_prompt_names": about_named / n,
-        "fired_otherwise": (fired - about_named) / n, "examples": rows,
-        "machine": machine_info(), "seconds": round(time.perf_counter() - start, 1),
+        "store_edits": store.count(), "locality_prompts": n,
+        "shares": {
+            "asks_edited_fact": n_edited / n,
+            "fires_when_it_asks_an_edited_fact": counts["fired_on_edited_fact"] / max(n_edited, 1),
+            "false_fires": (counts["false_fire_same_subject"] + counts["false_fire_otherwise"]) / max(n - n_edited, 1),
+            "false_fires_same_subject": counts["false_fire_same_subject"] / max(n - n_edited, 1),
+            "false_fires_otherwise": counts["false_fire_otherwise"] / max(n - n_edited, 1),
+        },
+        "counts": counts, "examples": rows, "machine": machine_info(), "seconds": round(time.perf_counter() - start, 1),
     }
     (RUN / "locality_conflicts.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
@@ -91,14 +106,20 @@ def main() -> None:
         f"`{payload['command']}`: the store `make bench-scale` left ({payload['store_edits']:,} active edits of "
         f"CounterFact eval.json), the flat locality prompts of {n:,} seeded eval records, gated again "
         f"with the two-stage gate. {payload['seconds'] / 60:.1f} min.", "",
-        "| locality prompts that fire | on an edit whose subject the prompt names | otherwise |",
-        "|---|---|---|",
-        f"| {100 * payload['fired']:.2f} % | {100 * payload['fired_on_an_edit_of_a_subject_the_prompt_names']:.2f} % "
-        f"| {100 * payload['fired_otherwise']:.2f} % |", "",
-        "First fires (prompt → admitted statement):", "",
+        "A prompt *asks an edited fact* when the store holds an edit of a subject it names whose old answer is "
+        "its reference answer (`recipe_chain/evaluation/edited_facts.py`): there the edited answer is right. "
+        "Every other fire is false; those on an edit whose subject the prompt names are another fact of that "
+        "subject.", "",
+        "| locality prompts that ask an edited fact | of those, fired | false fires on the other prompts | "
+        "of which on another fact of a subject the prompt names | otherwise |",
+        "|---|---|---|---|---|",
+        "| " + " | ".join(f"{100 * payload['shares'][k]:.2f} %" for k in (
+            "asks_edited_fact", "fires_when_it_asks_an_edited_fact", "false_fires", "false_fires_same_subject",
+            "false_fires_otherwise")) + " |", "",
+        f"Counts of {n:,} prompts: {counts}.", "",
+        "First fires (prompt [reference] → admitted statement, kind):", "",
     ]
-    lines += [f"* {r['locality_prompt']!r} → {r['fired_statement']!r}" + (" (names its subject)" if r["names_its_subject"] else "")
-              for r in rows]
+    lines += [f"* {r['locality_prompt']!r} [{r['reference']}] → {r['fired_statement']!r} ({r['kind']})" for r in rows]
     (RUN / "locality_conflicts.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -29,6 +29,7 @@ from recipe_chain.cli import build_parser, main
 from recipe_chain.data import EditExample, LocalityPrompt, load_edit_examples
 from recipe_chain.evaluation import harness as H
 from recipe_chain.evaluation.harness import EvalConfig, EvalResults, LifelongEvaluator, best_threshold, select_examples
+from recipe_chain.evaluation.edited_facts import EditedFacts
 from recipe_chain.evaluation.report import markdown_report, write_report
 from recipe_chain.statement_index import SentenceEmbeddings
 from tiny_models import tiny_backbone, tiny_causal_lm
@@ -346,7 +347,7 @@ def test_scripted_run_every_method_uses_the_right_edit(models, tmp_path):
     assert final is not None and final.t == 20 and final.n_measured == 20 and results.complete
     assert [cp.t for cp in results.checkpoints] == [1, 10, 20]
     assert final.counts == {"prompt": 20, "paraphrase": 20, "locality": 20, "locality_scored": 20, "general": 5,
-                            "generation_examples": 20, "general_answered": 4}
+                            "generation_examples": 20, "general_answered": 4, "locality_edited_fact": 0}
     assert set(final.methods) == set(H.METHODS)
     assert all(cp.counts["general_answered"] == 0 for cp in results.checkpoints[:-1])  # final T only
 
@@ -373,9 +374,11 @@ def test_scripted_run_every_method_uses_the_right_edit(models, tmp_path):
         assert method.general_answer_delta == 0.0 and method.general_answer_delta_ci95 == 0.0
     assert top1.general_answer_delta is not None and top1.general_answer_delta_ci95 is not None
     assert no.gate.model_dump() == {"hit_rate": 0.0, "correct_hit_prompt": 0.0, "correct_hit_paraphrase": 0.0,
-                                    "false_fire_locality": 0.0, "false_fire_general": 0.0}
+                                    "false_fire_locality": 0.0, "false_fire_general": 0.0,
+                                    "fire_on_edited_fact": None}
     assert rc.gate.model_dump() == {"hit_rate": 1.0, "correct_hit_prompt": 1.0, "correct_hit_paraphrase": 1.0,
-                                    "false_fire_locality": 0.0, "false_fire_general": 0.0}
+                                    "false_fire_locality": 0.0, "false_fire_general": 0.0,
+                                    "fire_on_edited_fact": None}
     assert ng.gate.false_fire_locality == 1.0 and ng.gate.false_fire_general == 1.0
     assert rag.gate.model_dump() == rc.gate.model_dump()
     assert orc.gate.false_fire_locality == 1.0 and orc.gate.false_fire_general is None
@@ -744,6 +747,48 @@ def test_final_sample_measures_a_seeded_subset_after_all_edits(models):
     again = LifelongEvaluator(llm, tok, editor, cfg, progress=False).run(examples)
     assert again.final.model_dump()["methods"]["recipe"]["reliability"] == \
         results.final.model_dump()["methods"]["recipe"]["reliability"]
+
+
+def test_edited_facts_match_subject_words_and_old_answer():
+    facts = EditedFacts([
+        EditExample(prompt="The capital of Land1 is", target_new="Paris", subject="Land1", ground_truth="Old1",
+                    source_format="counterfact_flat"),
+        EditExample(prompt="Zoë's café is in", target_new="Rome", subject="Zoë's café", ground_truth="Vienna",
+                    source_format="counterfact_flat"),
+        EditExample(prompt="No subject here", target_new="x", source_format="counterfact_flat"),  # cannot be recognised: ignored
+    ])
+    assert len(facts) == 2
+    assert facts.asks_edited_fact("Where is the capital of LAND1? It is", "old1")
+    assert facts.asks_edited_fact("Zoe's Cafe can be found in", "Vienna")  # folded
+    assert not facts.asks_edited_fact("The capital of Land10 is", "Old1")  # whole words only
+    assert not facts.asks_edited_fact("The anthem of Land1 is", "Hymn")  # same subject, another fact
+    assert not facts.asks_edited_fact("The capital of Land1 is", None)
+
+
+def test_locality_prompts_that_ask_an_edited_fact_are_scored_apart(models):
+    """Example 0's locality prompt asks example 1's edited fact: firing there is not a locality failure."""
+    llm, tok, editor = models
+    examples = [
+        EditExample(prompt=f"The capital of Land{i} is", target_new=t, subject=f"Land{i}", ground_truth=f"Old{i}",
+                    paraphrases=[f"Land{i} has its capital in"], source_format="counterfact_flat",
+                    locality=[LocalityPrompt(prompt=loc, answer=ans)])
+        for i, (t, loc, ans) in enumerate([
+            ("Paris", "The capital of Land1 is", "Old1"),  # the fact example 1 edits
+            ("Rome", "The anthem of Land0 is", "Hymn"),  # same subject, another fact: still locality
+            ("London", "The capital of Isle2 is", "Rome"),
+        ])
+    ]
+    cfg = EvalConfig(edits=3, dev_size=0, methods=("no-edit", "recipe"), general_n=0, t_grid=(),
+                     latency_samples=0, gate_latency_samples=0, gen_tokens=2)
+    results = LifelongEvaluator(llm, tok, editor, cfg, store_factory=scripted_factory(editor, examples),
+                                progress=False).run(examples)
+    final = results.final
+    assert final.counts["locality_edited_fact"] == 1 and final.counts["locality"] == 2
+    recipe = final.methods["recipe"]
+    # the scripted gate fires example 1's edit on its own prompt, here asked as example 0's locality prompt
+    assert recipe.gate.fire_on_edited_fact == 1.0 and recipe.gate.false_fire_locality == 0.0
+    assert recipe.locality == 1.0 and recipe.locality_all_prompts is not None
+    assert final.methods["no-edit"].locality_all_prompts == 1.0
 
 
 def test_superseded_examples_are_not_measured(models):

@@ -91,7 +91,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -104,6 +104,7 @@ from recipe_chain.data import EditExample, LocalityPrompt
 from recipe_chain.editor import RecipeEditor
 from recipe_chain.evaluation import answers as A
 from recipe_chain.evaluation import metrics as M
+from recipe_chain.evaluation.edited_facts import EditedFacts
 from recipe_chain.loading import llm_id_of
 from recipe_chain.prefix_lm import PrefixedCausalLM, TargetScore
 from recipe_chain.evaluation.text_rag_baseline import TextRagBaseline, TextRagTuning
@@ -286,8 +287,12 @@ class GateStats(BaseModel):
         hit_rate: Edit prompts on which the method used some edit.
         correct_hit_prompt: Edit prompts on which it used the example's own edit.
         correct_hit_paraphrase: Paraphrases on which it used the example's own edit.
-        false_fire_locality: Locality prompts on which it used any edit.
+        false_fire_locality: Locality prompts on which it used any edit (prompts that
+            ask a fact edited in the store are not counted: see ``fire_on_edited_fact``).
         false_fire_general: General questions on which it used any edit.
+        fire_on_edited_fact: Locality prompts that ask a fact another stored edit
+            changed (:mod:`recipe_chain.evaluation.edited_facts`) on which it used an edit;
+            there firing is right.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -297,6 +302,7 @@ class GateStats(BaseModel):
     correct_hit_paraphrase: float | None = None
     false_fire_locality: float | None = None
     false_fire_general: float | None = None
+    fire_on_edited_fact: float | None = None
 
 
 class AddedTokens(BaseModel):
@@ -305,7 +311,7 @@ class AddedTokens(BaseModel):
     Attributes:
         llm_text: Mean extra text tokens in the LLM's tokenizer.
         cl100k: Mean extra text tokens in tiktoken ``cl100k_base`` (``None`` if unavailable).
-        virtual: Mean continuous prompt vectors prefixed (RECIPE's ``prompt_len`` per fire).
+        virtual: Mean continuous prompt vectors prefixed (RECIPE's prefix length per fire).
         llm_total: ``llm_text + virtual``: extra positions the LLM processes.
         fired_share: Share of scored queries on which the method added anything.
     """
@@ -341,7 +347,10 @@ class MethodMetrics(BaseModel):
     Attributes:
         reliability: Teacher-forced token accuracy of ``target_new`` on edit prompts.
         generality: The same on paraphrases.
-        locality: Share of the unedited model's argmax tokens kept on locality prompts.
+        locality: Share of the unedited model's argmax tokens kept on locality prompts,
+            leaving out those that ask a fact edited in the store
+            (:mod:`recipe_chain.evaluation.edited_facts`).
+        locality_all_prompts: The same over every locality prompt, those included.
         em_prompt: Greedy-generation exact match of ``target_new`` on edit prompts.
         em_paraphrase: The same on paraphrases.
         locality_unchanged: Share of locality prompts whose greedy output is unchanged.
@@ -371,6 +380,7 @@ class MethodMetrics(BaseModel):
     reliability: float | None = None
     generality: float | None = None
     locality: float | None = None
+    locality_all_prompts: float | None = None
     em_prompt: float | None = None
     em_paraphrase: float | None = None
     locality_unchanged: float | None = None
@@ -396,7 +406,8 @@ class CheckpointResult(BaseModel):
         n_superseded_excluded: Measured examples left out because the store marked their
             edit superseded.
         counts: Query rows per kind (``prompt``, ``paraphrase``, ``locality``,
-            ``locality_scored``, ``general``).
+            ``locality_scored``, ``locality_edited_fact`` (left out of ``locality``),
+            ``general``).
         methods: :class:`MethodMetrics` per reported method.
         diagnostics: Store-level figures for attributing errors: top-1 retrieval accuracy,
             how often the gate admits a correct top-1, similarity summaries.
@@ -840,6 +851,7 @@ class _Row:
     old: str | None = None  # the pre-edit answer (prompt/paraphrase), when known
     answers: tuple[str, ...] = ()  # accepted answers of a general question
     chat: bool = False  # the LLM gets the text as the user turn of its chat template
+    edited_fact: bool = False  # a locality prompt that asks a fact edited in the store (edited_facts.py)
 
 
 @dataclass(frozen=True)
@@ -1091,6 +1103,7 @@ class LifelongEvaluator:
                     subsampled=subsampled,
                     with_latency=final,
                     seed=cfg.seed * 1_000_003 + t,
+                    stored=eval_examples[:t],
                 )
                 state.checkpoints.append(result)
                 measure_s += time.perf_counter() - t0
@@ -1303,6 +1316,7 @@ class LifelongEvaluator:
         subsampled: bool = False,
         with_latency: bool = False,
         seed: int = 0,
+        stored: Sequence[EditExample] | None = None,
     ) -> CheckpointResult:
         """Measure every method on ``examples`` (whose edits, ``edit_ids``, are in ``store``).
 
@@ -1315,6 +1329,9 @@ class LifelongEvaluator:
             subsampled: Whether ``examples`` is a subsample, for the record.
             with_latency: Also time each method per query (batch size 1).
             seed: Seed of the latency sample and of the generation subsample.
+            stored: Every edit in ``store`` (default: ``examples``). Locality prompts that
+                ask a fact one of them changed are scored apart
+                (:class:`~recipe_chain.evaluation.edited_facts.EditedFacts`).
 
         Returns:
             The :class:`CheckpointResult`.
@@ -1338,7 +1355,11 @@ class LifelongEvaluator:
             logger.warning("%d measured edits are superseded in the store; they are left out", excluded)
         examples = [examples[i] for i in keep]
         edit_ids = [edit_ids[i] for i in keep]
-        rows = _rows_for(examples, questions)
+        facts = EditedFacts(examples if stored is None else stored)
+        rows = [
+            replace(r, edited_fact=True) if r.kind == "locality" and facts.asks_edited_fact(r.text, r.target) else r
+            for r in _rows_for(examples, questions)
+        ]
 
         t0 = time.perf_counter()
         gates = self._gate_all(store, [r.text for r in rows], desc=f"gate t={t}")
@@ -1392,6 +1413,9 @@ class LifelongEvaluator:
         }
         tf_out = self._score_unique(tf_keys, store, desc=f"score t={t}")
 
+        for m in computed:  # every used prefix, for its length (it varies with target slots)
+            for plan in plans[m]:
+                self._prefix(store, plan.prefix)
         method_metrics = {
             m: self._assemble(m, rows, plans, targets, gen_out, tf_out, edit_ids, gen_examples, answered)
             for m in methods
@@ -1409,8 +1433,10 @@ class LifelongEvaluator:
         counts = {
             "prompt": sum(r.kind == "prompt" for r in rows),
             "paraphrase": sum(r.kind == "paraphrase" for r in rows),
-            "locality": sum(r.kind == "locality" for r in rows),
-            "locality_scored": sum(r.kind == "locality" and targets[i] is not None for i, r in enumerate(rows)),
+            "locality": sum(r.kind == "locality" and not r.edited_fact for r in rows),
+            "locality_scored": sum(r.kind == "locality" and not r.edited_fact and targets[i] is not None
+                                   for i, r in enumerate(rows)),
+            "locality_edited_fact": sum(r.edited_fact for r in rows),
             "general": sum(r.kind == "general" for r in rows),
             "generation_examples": len(examples) if gen_examples is None else len(gen_examples),
             "general_answered": len(answered),
@@ -1583,11 +1609,12 @@ class LifelongEvaluator:
         rel: list[list[float]] = [[] for _ in range(n_ex)]
         gen: list[list[float]] = [[] for _ in range(n_ex)]
         loc: list[list[float]] = [[] for _ in range(n_ex)]
+        loc_all: list[list[float]] = [[] for _ in range(n_ex)]
         em_p: list[list[bool]] = [[] for _ in range(n_ex)]
         em_g: list[list[bool]] = [[] for _ in range(n_ex)]
         unchanged: list[list[bool]] = [[] for _ in range(n_ex)]
         fired: dict[str, list[bool]] = {"prompt": [], "paraphrase": [], "locality": [], "general": [],
-                                        "general_answer": []}
+                                        "general_answer": [], "edited_fact": []}
         correct: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
         rel_ok: list[float] = []
         gen_ok: list[float] = []
@@ -1601,7 +1628,7 @@ class LifelongEvaluator:
         base = plans["no-edit"]
         for i, r in enumerate(rows):
             plan = mine[i]
-            fired[r.kind].append(plan.fired is not None)
+            fired["edited_fact" if r.edited_fact else r.kind].append(plan.fired is not None)
             if r.kind == "general_answer":
                 if i in answered:
                     general_ok.append(A.contains_answer(gen_out[(plan.text, plan.prefix)], r.answers))
@@ -1616,7 +1643,7 @@ class LifelongEvaluator:
             cl_plan, cl_row = self._cl_tokens(plan.text), self._cl_tokens(r.text)
             if cl_plan is not None and cl_row is not None:
                 added_cl.append(cl_plan - cl_row)
-            added_virtual.append(self.prompt_len if plan.prefix is not None else 0)
+            added_virtual.append(self._prefixes[plan.prefix].shape[0] if plan.prefix is not None else 0)
             added_any.append(extra_text > 0 or plan.prefix is not None)
             with_output = gen_examples is None or r.example in gen_examples
             output = gen_out[(plan.text, plan.prefix)] if with_output else ""
@@ -1639,6 +1666,11 @@ class LifelongEvaluator:
                         ans_g[r.example].append(A.answer_correct(output, target, old_target=r.old))  # type: ignore[index]
                     if is_own:
                         gen_ok.append(acc)
+            elif r.edited_fact:  # firing is right here: only the all-prompts Locality counts it
+                if target is not None:
+                    edited = tf_out[(plan.text, target, plan.prefix)].argmax_ids
+                    reference = tf_out[(base[i].text, target, base[i].prefix)].argmax_ids
+                    loc_all[r.example].append(M.kept_token_share(edited, reference))  # type: ignore[index]
             else:  # locality
                 if with_output:
                     base_output = gen_out[(base[i].text, base[i].prefix)]
@@ -1649,12 +1681,14 @@ class LifelongEvaluator:
                     reference = tf_out[(base[i].text, target, base[i].prefix)].argmax_ids
                     kept = M.kept_token_share(edited, reference)
                     loc[r.example].append(kept)  # type: ignore[index]
+                    loc_all[r.example].append(kept)  # type: ignore[index]
                     (loc_fire if plan.fired is not None else loc_quiet).append(kept)
         oracle_general = method == "text-rag-oracle"
         return MethodMetrics(
             reliability=M.mean_of_means(rel),
             generality=M.mean_of_means(gen),
             locality=M.mean_of_means(loc),
+            locality_all_prompts=M.mean_of_means(loc_all),
             em_prompt=M.mean_of_means(em_p),
             em_paraphrase=M.mean_of_means(em_g),
             locality_unchanged=M.mean_of_means(unchanged),
@@ -1668,6 +1702,7 @@ class LifelongEvaluator:
                 correct_hit_paraphrase=M.rate(correct["paraphrase"]),
                 false_fire_locality=M.rate(fired["locality"]),
                 false_fire_general=None if oracle_general else M.rate(fired["general"]),
+                fire_on_edited_fact=M.rate(fired["edited_fact"]),
             ),
             added_tokens=AddedTokens(
                 llm_text=M.mean(added_text),
@@ -1719,7 +1754,7 @@ class LifelongEvaluator:
         right_admitted: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
         margins: dict[str, list[float]] = {"prompt": [], "paraphrase": [], "locality": [], "general": []}
         for r in rows:
-            if r.kind not in margins:
+            if r.kind not in margins or r.edited_fact:
                 continue
             g = gates[r.text]
             if g.top_sim is not None:
