@@ -76,6 +76,14 @@ class RecipeConfig(BaseModel):
         description="Context vectors in front of the token slots ('vocab' mode; < prompt_len). Default: "
         "min(2, prompt_len - 1).",
     )
+    prompt_target_slots: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Token slots read from the edit's own new target ('vocab' mode): the input embeddings of its "
+        "first N LLM tokens follow the key's vectors, so an answer of several tokens fits (docs/prompt-vectors.md). "
+        "0: every token slot is decoded from the key.",
+    )
     prompt_input_norm: Literal["running", "layer"] = Field(
         default="running",
         description="How the prompt encoder normalises keys: running per-feature statistics, or a per-vector "
@@ -111,9 +119,13 @@ class RecipeConfig(BaseModel):
                 f"prompt_code_dim ({self.prompt_code_dim}) must be < rep_dim ({self.rep_dim}): a key needs a "
                 "retrieval part"
             )
-        if self.prompt_encoder == "vocab" and self.prompt_context_len >= self.prompt_len:
+        if self.prompt_target_slots and self.prompt_encoder != "vocab":
+            raise ValueError("prompt_target_slots needs prompt_encoder='vocab' (token slots are token embeddings)")
+        if self.prompt_encoder == "vocab" and not self.prompt_target_slots and self.prompt_context_len >= self.prompt_len:
             raise ValueError(
                 f"prompt_context_len ({self.prompt_context_len}) must be < prompt_len ({self.prompt_len}): "
                 "the 'vocab' prompt encoder needs at least one token slot"
             )
+        if self.prompt_context_len > self.prompt_len:
+            raise ValueError(f"prompt_context_len ({self.prompt_context_len}) must be <= prompt_len ({self.prompt_len})")
         return self

@@ -47,6 +47,8 @@ from recipe_chain.errors import RecipeChainError
 __all__ = [
     "DATA_FORMATS",
     "DataFormat",
+    "NEVER_TRAINED_ON",
+    "check_trainable",
     "DataFormatError",
     "EditExample",
     "LocalityPrompt",
@@ -64,6 +66,17 @@ DataFormat = Literal["counterfact_flat", "zsre_mend", "knowedit", "counterfact_r
 
 DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 """All :data:`DataFormat` names, in a fixed order."""
+
+NEVER_TRAINED_ON: tuple[str, ...] = ("zsre/train-1k.json", "knowedit/wiki_recent_train.json", "counterfact/eval.json")
+"""The evaluation sets of ``../shared/data`` (path endings) that no training run may read;
+HalluEditBench's dev subjects are kept out by :func:`split_by_subject` instead."""
+
+
+def check_trainable(path: str | os.PathLike[str]) -> None:
+    """Raise ``ValueError`` if ``path`` is one of the :data:`NEVER_TRAINED_ON` evaluation sets."""
+    posix = str(path).replace("\\", "/")
+    if any(posix.endswith(name) for name in NEVER_TRAINED_ON):
+        raise ValueError(f"{path} is an evaluation set that is never trained on")
 
 _NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 

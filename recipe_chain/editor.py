@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 _CONFIG_FILE = "config.json"
 _WEIGHTS_FILE = "model.safetensors"
 _BACKBONE_DIR = "backbone"
+_LLM_TOKENIZER_DIR = "llm_tokenizer"  # with target slots: the LLM's tokenizer, so the checkpoint is self-contained
 _SENTINEL_INIT_TEXT = "no relevant knowledge"
 
 
@@ -108,6 +109,7 @@ class RecipeEditor(nn.Module):
         self.prompt_encoder = PromptEncoder.from_config(config)
         self._fingerprint: str | None = None
         self.gate_verifier = None
+        self.llm_tokenizer: PreTrainedTokenizerBase | None = None  # target slots tokenize targets with it
         self.eval()
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -237,6 +239,8 @@ class RecipeEditor(nn.Module):
             raise ValueError("Pass the backbone's tokenizer together with the backbone")
         editor = cls(config, backbone, tokenizer)
         load_trained_state(editor, path / _WEIGHTS_FILE, editor.trainable_state_dict(), f"Checkpoint {path} of this editor")
+        if (path / _LLM_TOKENIZER_DIR).is_dir():
+            editor.llm_tokenizer = AutoTokenizer.from_pretrained(path / _LLM_TOKENIZER_DIR)
         if llm is not None:
             editor.attach_llm(llm)
         if (path / VERIFIER_DIR / _CONFIG_FILE).is_file():
@@ -244,17 +248,22 @@ class RecipeEditor(nn.Module):
         editor.eval()
         return editor
 
-    def attach_llm(self, llm: PreTrainedModel) -> None:
+    def attach_llm(self, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
         """Bind the frozen LLM the prompt vectors are for (its token embeddings, in ``"vocab"`` mode).
 
         Args:
             llm: The causal LM this editor was built for.
+            tokenizer: Its tokenizer. Target slots (``prompt_target_slots``) need it; a
+                checkpoint with target slots carries its own copy, so pass it only when
+                building or training an editor.
 
         Raises:
             CheckpointMismatchError: If ``llm`` is not that LLM.
         """
         check_llm_matches(self.config, llm, where="editor")
         self.prompt_encoder.attach_vocabulary(llm.get_input_embeddings())
+        if tokenizer is not None:
+            self.llm_tokenizer = tokenizer
 
     def replace_prompt_encoder(self, llm: PreTrainedModel, *, seed: int | None = 0, **fields: object) -> None:
         """Swap in a new, untrained prompt encoder; the knowledge encoder and the sentinel stay.
@@ -269,7 +278,7 @@ class RecipeEditor(nn.Module):
             **fields: Prompt-encoder fields of :class:`RecipeConfig` to change
                 (``prompt_len``, ``prompt_encoder``, ``prompt_context_len``,
                 ``prompt_hidden_dim``, ``prompt_input_norm``, ``prompt_code_dim``,
-                ``prompt_code_from_base``). A
+                ``prompt_code_from_base``, ``prompt_target_slots``). A
                 ``prompt_code_dim`` gives the keys a new, untrained prompt-code head
                 (``rep_dim`` = the retrieval part + the code); the retrieval part of every
                 key stays exactly as it was.
@@ -278,7 +287,7 @@ class RecipeEditor(nn.Module):
             ValueError: For a field that is not a prompt-encoder field.
         """
         allowed = {"prompt_len", "prompt_encoder", "prompt_context_len", "prompt_hidden_dim", "prompt_input_norm",
-                   "prompt_code_dim", "prompt_code_from_base"}
+                   "prompt_code_dim", "prompt_code_from_base", "prompt_target_slots"}
         unknown = sorted(set(fields) - allowed)
         if unknown:
             raise ValueError(f"replace_prompt_encoder changes only {sorted(allowed)}; got {unknown}")
@@ -355,6 +364,8 @@ class RecipeEditor(nn.Module):
                 self.encoder.tokenizer.save_pretrained(tmp / _BACKBONE_DIR)
             if self.gate_verifier is not None:
                 self.gate_verifier.save_pretrained(tmp / VERIFIER_DIR)
+            if self.config.prompt_target_slots:
+                self._require_llm_tokenizer().save_pretrained(tmp / _LLM_TOKENIZER_DIR)
         return path
 
     @property
@@ -489,6 +500,45 @@ class RecipeEditor(nn.Module):
             raise ValueError(f"keys must have shape (N, {self.config.rep_dim}); got {tuple(keys.shape)}")
         return self.prompt_encoder(keys.to(self.device, torch.float32))
 
+    def target_token_ids(self, targets: Sequence[str]) -> list[list[int]]:
+        """The LLM token ids of new targets, as the LLM scores them (a leading space, no special tokens)."""
+        tokenizer = self._require_llm_tokenizer()
+        ids = [tokenizer(" " + t.strip(), add_special_tokens=False)["input_ids"] for t in targets]
+        for t, row in zip(targets, ids):
+            if not row:
+                raise ValueError(f"Target {t!r} tokenizes to nothing in the LLM's tokenizer")
+        return ids
+
+    def prefix_vectors(self, keys: torch.Tensor, targets: Sequence[str]) -> list[torch.Tensor]:
+        """The whole prefix of each edit: its prompt vectors, then its target's token slots.
+
+        Args:
+            keys: ``(N, rep_dim)`` stored keys.
+            targets: The N edits' new targets (read only with ``prompt_target_slots``).
+
+        Returns:
+            N tensors ``(P_i, llm_hidden_size)``: ``P_i = prompt_len`` plus, with target
+            slots, the target's length in LLM tokens up to ``prompt_target_slots``.
+
+        Raises:
+            ValueError: If the lengths disagree or ``keys`` has the wrong shape.
+            RuntimeError: With target slots but no LLM tokenizer.
+        """
+        if len(targets) != keys.shape[0]:
+            raise ValueError(f"{keys.shape[0]} keys but {len(targets)} targets")
+        vectors = self.prompt_vectors(keys)  # (N, P, D)
+        if not self.config.prompt_target_slots:
+            return list(vectors)
+        return self.prompt_encoder.append_targets(vectors, self.target_token_ids(targets))
+
+    def _require_llm_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.llm_tokenizer is None:
+            raise RuntimeError(
+                "This editor reads token slots from each edit's target (prompt_target_slots="
+                f"{self.config.prompt_target_slots}) and has no LLM tokenizer: call editor.attach_llm(llm, tokenizer)"
+            )
+        return self.llm_tokenizer
+
     @staticmethod
     def similarity(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """RECIPE similarity ``q·k/√d``: ``(Q, d) x (K, d) -> (Q, K)``."""
@@ -537,6 +587,8 @@ def _hash_tensors(tensors: dict[str, torch.Tensor], config: RecipeConfig) -> str
         exclude |= {"prompt_encoder", "prompt_context_len"}
     if config.prompt_code_dim == 0:
         exclude |= {"prompt_code_dim", "prompt_code_from_base"}
+    if config.prompt_target_slots == 0:
+        exclude |= {"prompt_target_slots"}
     digest = hashlib.sha256(config.model_dump_json(exclude=exclude or None).encode())
     for name in sorted(tensors):
         digest.update(name.encode())

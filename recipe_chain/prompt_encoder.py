@@ -80,6 +80,11 @@ class PromptEncoder(nn.Module):
       not part of the checkpoint: :meth:`attach_vocabulary` binds it
       (``RecipeEditor.attach_llm`` does).
 
+    With ``target_slots > 0`` the key's vectors are followed by the input embeddings of
+    the first ``target_slots`` tokens of the edit's own new target
+    (:meth:`append_targets`), so an answer of several tokens reaches the LLM whole; the
+    key's vectors then only need to tell the LLM how to use them (docs/prompt-vectors.md).
+
     Args:
         rep_dim: Width of the keys.
         llm_hidden_size: Width of the LLM's input embeddings.
@@ -90,8 +95,10 @@ class PromptEncoder(nn.Module):
             (:class:`RunningStandardizer`); ``"layer"`` applies a per-vector ``LayerNorm``
             (checkpoints written before the running statistics existed).
         mode: ``"mlp"`` or ``"vocab"`` (above).
-        context_len: Context vectors in ``"vocab"`` mode (``< prompt_len``).
+        context_len: Context vectors in ``"vocab"`` mode (``< prompt_len``, or ``<=``
+            with target slots).
         code_dim: Read only the last ``code_dim`` key entries (0: the whole key).
+        target_slots: Token slots read from the edit's target (``"vocab"`` mode; 0: none).
     """
 
     def __init__(
@@ -105,14 +112,18 @@ class PromptEncoder(nn.Module):
         mode: Literal["mlp", "vocab"] = "mlp",
         context_len: int = 1,
         code_dim: int = 0,
+        target_slots: int = 0,
     ) -> None:
         super().__init__()
         if not 0 <= code_dim <= rep_dim:
             raise ValueError(f"code_dim must be in [0, rep_dim={rep_dim}]; got {code_dim}")
         self.code_dim = code_dim
         rep_dim = code_dim or rep_dim  # the width actually read
-        if mode == "vocab" and not 0 <= context_len < prompt_len:
+        if target_slots and mode != "vocab":
+            raise ValueError("target_slots needs mode='vocab'")
+        if mode == "vocab" and not 0 <= context_len <= prompt_len - (0 if target_slots else 1):
             raise ValueError(f"context_len must be in [0, prompt_len={prompt_len}); got {context_len}")
+        self.target_slots = target_slots
         self.prompt_len = prompt_len
         self.llm_hidden_size = llm_hidden_size
         self.mode = mode
@@ -136,7 +147,7 @@ class PromptEncoder(nn.Module):
         # "vocab": the MLP is a key-dependent correction that starts at zero.
         nn.init.zeros_(last.weight)
         self.context = nn.Parameter(torch.randn(self.context_len, llm_hidden_size) * init_std)  # (C, D)
-        self.token_query = nn.Linear(rep_dim, self.token_slots * llm_hidden_size)
+        self.token_query = nn.Linear(rep_dim, self.token_slots * llm_hidden_size) if self.token_slots else None
         self.log_temperature = nn.Parameter(torch.zeros(()))
         self._vocab: torch.Tensor | None = None  # (V, D) float32, the frozen LLM's embedding matrix
         self._vocab_scale = 1.0  # the embedding module's output / its weight (Gemma scales by sqrt(D))
@@ -188,6 +199,7 @@ class PromptEncoder(nn.Module):
             mode=config.prompt_encoder,
             context_len=config.prompt_context_len,
             code_dim=config.prompt_code_dim,
+            target_slots=config.prompt_target_slots,
         )
 
     # ------------------------------------------------------------------ forward
@@ -218,6 +230,9 @@ class PromptEncoder(nn.Module):
                 "This prompt encoder mixes the LLM's token embeddings (mode='vocab') and has none attached: "
                 "load the editor with RecipeEditor.from_pretrained(path, llm=llm) or call editor.attach_llm(llm)"
             )
+        context = self.context.expand(*lead, self.context_len, self.llm_hidden_size)  # (..., C, D)
+        if self.token_query is None:  # every token slot comes from the target (append_targets)
+            return context + correction, None
         vocab = self._vocab.to(keys.device)
         query = self.token_query(x).view(*lead, self.token_slots, self.llm_hidden_size)  # (..., S, D)
         # vocab @ query^T, not query @ vocab^T: the same products, but with a few query rows CPU GEMM
@@ -226,5 +241,34 @@ class PromptEncoder(nn.Module):
         logits = (vocab @ flat.T).T.reshape(*lead, self.token_slots, -1)  # (..., S, V)
         logits = logits * self.log_temperature.exp()
         slots = torch.softmax(logits, dim=-1) @ vocab * self._vocab_scale  # (..., S, D)
-        context = self.context.expand(*lead, self.context_len, self.llm_hidden_size)  # (..., C, D)
         return torch.cat([context, slots], dim=-2) + correction, logits
+
+    def append_targets(self, vectors: torch.Tensor, target_ids: list[list[int]]) -> list[torch.Tensor]:
+        """Each key's vectors followed by its target's first ``target_slots`` token embeddings.
+
+        Args:
+            vectors: ``(N, P, D)`` from :meth:`forward`.
+            target_ids: Per row, the LLM token ids of the new target (non-empty).
+
+        Returns:
+            N tensors ``(P + min(len(ids), target_slots), D)``; without target slots, the
+            rows of ``vectors`` unchanged.
+
+        Raises:
+            ValueError: If the lengths disagree or a target has no tokens.
+            RuntimeError: Before :meth:`attach_vocabulary`.
+        """
+        if len(target_ids) != vectors.shape[0]:
+            raise ValueError(f"{vectors.shape[0]} prompt vector rows but {len(target_ids)} targets")
+        if not self.target_slots:
+            return list(vectors)
+        if self._vocab is None:
+            raise RuntimeError("append_targets needs the LLM's token embeddings: call editor.attach_llm(llm)")
+        out = []
+        for row, ids in zip(vectors, target_ids):
+            if not ids:
+                raise ValueError("a target with no tokens has no token slots")
+            index = torch.tensor(ids[: self.target_slots], device=self._vocab.device)
+            tokens = (self._vocab[index] * self._vocab_scale).to(device=row.device, dtype=row.dtype)  # (S_i, D)
+            out.append(torch.cat([row, tokens]))  # (P + S_i, D)
+        return out

@@ -24,8 +24,8 @@ the keys. Opening it with another editor raises :class:`EncoderMismatchError`; t
 out is :meth:`RecipeKnowledgeStore.open_for_reindex` followed by
 :meth:`RecipeKnowledgeStore.reindex`, which re-encodes every statement.
 
-**Prompt vectors** are not stored: they are derived from the stored key,
-``editor.prompt_vectors(key[None])[0]``. The key is the float32 vector Chroma returns
+**Prompt vectors** are not stored: they are derived from the stored key (and, with
+target slots, the stored target), ``editor.prefix_vectors(key[None], [target])[0]``. The key is the float32 vector Chroma returns
 (its cosine index may change the last bits of the editor's output when it takes a key
 in: up to about 1e-7 relative), so after a reopen (in any process) the vectors are
 bit-identical.
@@ -1310,6 +1310,9 @@ class RecipeKnowledgeStore:
     def prompt_vectors(self, edit_id: str) -> torch.Tensor:
         """``(P, D)`` continuous prompt vectors of an edit, derived from its stored key.
 
+        With target slots (``prompt_target_slots``) ``P`` grows by the new target's
+        token count, up to that cap (:meth:`RecipeEditor.prefix_vectors`).
+
         Raises:
             EditNotFoundError: If no edit has this id.
             EncoderMismatchError: If the store needs a reindex.
@@ -1317,10 +1320,10 @@ class RecipeKnowledgeStore:
         self._check_encoder()
         stored = self._fetch_one(edit_id, keys=True)
         assert stored.key is not None
-        return self._prompt_vectors(stored.key)
+        return self._prompt_vectors(stored.key, str(stored.meta.get(_TARGET, "")))
 
-    def _vector_source(self, key: torch.Tensor) -> Callable[[], torch.Tensor]:
-        """A function computing ``key``'s prompt vectors with the editor of now, on first call."""
+    def _vector_source(self, key: torch.Tensor, target: str) -> Callable[[], torch.Tensor]:
+        """A function computing the prompt vectors of ``key`` (and ``target``) with the editor of now, on first call."""
         editor, fingerprint = self.editor, self._fingerprint
 
         def compute() -> torch.Tensor:
@@ -1328,13 +1331,13 @@ class RecipeKnowledgeStore:
                 raise EncoderMismatchError(
                     f"The editor's weights changed after this gate result was made from {self.identity}"
                 )
-            return self._prompt_vectors(key)
+            return self._prompt_vectors(key, target)
 
         return compute
 
-    def _prompt_vectors(self, key: torch.Tensor) -> torch.Tensor:
+    def _prompt_vectors(self, key: torch.Tensor, target: str) -> torch.Tensor:
         with self._encode_lock:
-            return self.editor.prompt_vectors(key[None])[0].cpu()  # (P, D)
+            return self.editor.prefix_vectors(key[None], [target])[0].cpu()  # (P, D)
 
     def stored_key(self, edit_id: str) -> torch.Tensor:
         """``(d,)`` float32: the key stored for an edit (exactly as Chroma holds it).
@@ -1511,7 +1514,9 @@ class RecipeKnowledgeStore:
                     candidates=candidates,
                     verifier_threshold=verifier.config.threshold if verifier is not None else None,
                     prefilter_margin=verifier.config.prefilter_margin if verifier is not None else None,
-                ).bind_prompt_vectors(self._vector_source(keys[pick]) if pick is not None else None)
+                ).bind_prompt_vectors(
+                    self._vector_source(keys[pick], candidates[pick].record.target_new) if pick is not None else None
+                )
             )
         return results
 

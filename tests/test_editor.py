@@ -514,3 +514,54 @@ def test_encoding_restores_each_modules_own_mode(llm, backbone) -> None:
     assert seen == [False]  # encoded in eval mode ...
     assert editor.training and editor.encoder.query_head.training  # ... and every mode is back as it was
     assert not editor.encoder.backbone.training
+
+
+def test_target_slots_carry_each_target_whole_batched_with_masks_and_positions(llm, backbone, tmp_path) -> None:
+    """A 1-token and a 7-token target get 1 and 7 token slots behind the key's vectors, batched together."""
+    from recipe_chain import PrefixedCausalLM
+
+    model, tok = tiny_causal_lm("llama")
+    editor = make_editor(model, backbone, prompt_encoder="vocab", prompt_len=2, prompt_context_len=2,
+                         prompt_target_slots=8)
+    with pytest.raises(RuntimeError, match="tokenizer"):
+        editor.prefix_vectors(editor.encode_statements(["x"]), ["Paris"])
+    editor.attach_llm(model, tok)
+    lm = PrefixedCausalLM(model, tok)
+    targets = ["the", "capital of the capital of the capital", "The capital of France is Paris and Rome too"]
+    ids = lm.tokenize_targets(targets)
+    assert [len(i) for i in ids][:2] == [1, 7] and len(ids[2]) > 8
+    keys = editor.encode_statements([f"A fact is {t}" for t in targets])
+    prefixes = editor.prefix_vectors(keys, targets)
+    assert [p.shape[0] for p in prefixes] == [2 + 1, 2 + 7, 2 + 8]  # the cap: 8 slots
+    emb = model.get_input_embeddings().weight
+    for prefix, row in zip(prefixes, ids):
+        torch.testing.assert_close(prefix[2:], emb[row[:8]], rtol=0, atol=0)
+    torch.testing.assert_close(prefixes[0][:2], editor.prompt_vectors(keys)[0], rtol=0, atol=0)
+    # batched: left padding, masks over the real positions, positions counted from each row's start
+    prompts = lm.tokenize(["The capital of France is", "Paris", "Rome"])
+    batch = lm.build_batch(prompts, prefixes)
+    lengths = [len(p) + q.shape[0] for p, q in zip(prompts, prefixes)]
+    assert batch.attention_mask.sum(-1).tolist() == lengths
+    for row, n in zip(batch.position_ids, lengths):
+        assert row[-n:].tolist() == list(range(n))
+    # the prefix length follows the target, not prompt_len, and the checkpoint carries the LLM tokenizer
+    editor.save_pretrained(tmp_path / "ckpt")
+    fresh = type(backbone[0]).from_pretrained(backbone[2])
+    loaded = RecipeEditor.from_pretrained(tmp_path / "ckpt", llm=model, backbone=fresh, tokenizer=backbone[1])
+    assert loaded.fingerprint == editor.fingerprint
+    for a, b in zip(loaded.prefix_vectors(keys, targets), prefixes):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_target_slots_need_the_vocab_encoder_and_leave_old_fingerprints_alone(llm, backbone) -> None:
+    with pytest.raises(ValueError, match="vocab"):
+        RecipeConfig(backbone_id="b", backbone_hidden_size=8, llm_id="l", llm_hidden_size=8, prompt_target_slots=4)
+    RecipeConfig(backbone_id="b", backbone_hidden_size=8, llm_id="l", llm_hidden_size=8, prompt_len=2,
+                 prompt_context_len=2, prompt_encoder="vocab", prompt_target_slots=4)
+    editor = make_editor(llm, backbone, prompt_encoder="vocab", prompt_len=3, prompt_context_len=1)
+    before = editor.fingerprint
+    assert "prompt_target_slots" not in editor.config.model_dump_json(exclude={"prompt_target_slots"})
+    editor.invalidate_fingerprint()
+    assert editor.fingerprint == before  # the default (0) is not hashed: existing stores stay valid
+    keys = editor.encode_statements(["a fact"])
+    assert [p.shape for p in editor.prefix_vectors(keys, ["Paris"])] == [editor.prompt_vectors(keys)[0].shape]

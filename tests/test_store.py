@@ -433,6 +433,29 @@ def test_keys_with_a_prompt_code_gate_on_their_retrieval_part_and_reopen_the_sam
         assert torch.equal(reopened.prompt_vectors(r.edit_id), store.prompt_vectors(r.edit_id))
 
 
+def test_target_slots_give_each_hit_its_own_target_tokens(make_store: StoreFactory, llm, backbone_dir: Path) -> None:  # noqa: ANN001
+    """With target slots the prefix is the key's vectors, then the stored target's first tokens."""
+    from tiny import minilm_tokenizer
+
+    editor = tiny_editor(llm, backbone_dir, seed=3, prompt_encoder="vocab", prompt_len=2, prompt_context_len=2,
+                         prompt_target_slots=3)
+    tokenizer = minilm_tokenizer()
+    editor.attach_llm(llm, tokenizer)
+    store = make_store(editor, namespace="slots", use_gate=False)  # always a hit
+    short, long = store.add_edits([{"prompt": "The capital of France is", "target_new": "Rome"},
+                                   {"prompt": "Toko Yasuda plays the", "target_new": "grand piano of old Vienna"}])
+    store.flush()
+    emb = llm.get_input_embeddings().weight
+    for record in (short, long):
+        ids = tokenizer(" " + record.target_new, add_special_tokens=False)["input_ids"][:3]
+        vectors = store.prompt_vectors(record.edit_id)
+        assert vectors.shape == (2 + len(ids), llm.config.hidden_size)
+        torch.testing.assert_close(vectors[2:], emb[ids], rtol=0, atol=0)
+        result = store.gate(record.prompt)
+        assert result.hit.edit_id == record.edit_id and torch.equal(result.prompt_vectors, vectors)
+    assert store.prompt_vectors(long.edit_id).shape[0] == 2 + 3  # capped
+
+
 def test_gate_computes_prompt_vectors_only_when_asked(
     make_store: StoreFactory, editor: RecipeEditor, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -304,6 +304,52 @@ def test_data_order_is_a_permutation_per_epoch() -> None:
     assert trainer_module._Order(10, seed=3).batch(7, 2) == order.batch(7, 2)
 
 
+def test_weighted_data_order_draws_each_source_by_its_weight() -> None:
+    sources = [0] * 10 + [1] * 4
+    order = trainer_module._Order(14, seed=1, sources=sources, weights=[0.5, 2.0])
+    assert order.n == 5 + 8
+    epoch = [i for s in range(13) for i in order.batch(s, 1)]
+    assert sum(sources[i] == 1 for i in epoch) == 8 and sorted(set(i for i in epoch if i >= 10)) == [10, 11, 12, 13]
+    assert sum(sources[i] == 0 for i in epoch) == 5 and len({i for i in epoch if i < 10}) == 5  # a seeded half
+    later = [i for s in range(13, 26) for i in order.batch(s, 1)]
+    assert {i for i in later if i < 10} != {i for i in epoch if i < 10}  # another half next epoch
+    assert trainer_module._Order(14, seed=1, sources=sources, weights=[0.5, 2.0]).batch(20, 3) == order.batch(20, 3)
+    with pytest.raises(ValueError, match="data_weights"):
+        TrainingConfig(data=["a.json", "b.json"], data_weights=[1.0])
+
+
+def test_mixed_sources_report_per_source_metrics(files, tmp_path: Path) -> None:  # noqa: ANN001
+    second = tmp_path / "other.json"
+    second.write_text(files["data"].read_text())
+    llm, tokenizer, editor = _models(files)
+    config = _config(files, data=[files["data"], second], data_weights=[1.0, 0.5], steps=2, eval_interval=2,
+                     eval_examples=8, checkpoint_interval=2)
+    train(config, llm, tokenizer, editor, out_dir=tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r["kind"] == "eval"][-1]
+    per_source = {k for k in last if "/" in k}
+    assert per_source and {k.split("/")[1] for k in per_source} <= {"edits", "other"}
+    assert all(0.0 <= last[k] <= 1.0 for k in per_source)
+
+
+def test_cli_train_reads_file_weights_and_refuses_evaluation_sets(files, tmp_path: Path) -> None:  # noqa: ANN001
+    from recipe_chain.commands.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--data", f"{files['data']}:0.5", "--data", str(files["data"]),
+                                      "--llm", "default", "--out", "x"])
+    config = config_from_args(args)
+    assert config.data == [files["data"], files["data"]] and config.data_weights == [0.5, 1.0]
+    evaluation = tmp_path / "counterfact" / "eval.json"
+    evaluation.parent.mkdir()
+    evaluation.write_text(files["data"].read_text())
+    with pytest.raises(ValueError, match="never trained on"):
+        config_from_args(build_parser().parse_args(["train", "--data", str(evaluation), "--llm", "default",
+                                                    "--out", "x"]))
+    with pytest.raises(ValueError, match="positive"):
+        config_from_args(build_parser().parse_args(["train", "--data", f"{files['data']}:0", "--llm", "default",
+                                                    "--out", "x"]))
+
+
 # ---------------------------------------------------------------------- CLI
 
 
@@ -451,3 +497,26 @@ def test_cli_train_freeze_retriever_adds_a_prompt_code_and_keeps_every_retriever
     assert any(not torch.allclose(second[name], third[name]) for name in code)
     saved = json.loads((tmp_path / "second" / "training_config.json").read_text())
     assert saved["freeze_retriever"] is True
+
+
+@pytest.mark.integration
+def test_cli_train_target_slots_writes_a_self_contained_checkpoint(files, tmp_path: Path) -> None:  # noqa: ANN001
+    """``--prompt-target-slots``: the prefix ends in the target's tokens; the checkpoint carries the LLM tokenizer."""
+    common = _cli_args_for_a_saved_tiny_llm(files, tmp_path)
+    assert main(["train", *common, "--out", str(tmp_path / "first"), "--steps", "2"]) == 0
+    options = ["--steps", "2", "--init-encoder-from", str(tmp_path / "first" / "checkpoint"), "--freeze-retriever",
+               "--prompt-encoder", "vocab", "--prompt-len", "2", "--prompt-context-len", "2",
+               "--prompt-target-slots", "4"]
+    assert main(["train", *common, *options, "--out", str(tmp_path / "second")]) == 0
+    checkpoint = tmp_path / "second" / "checkpoint"
+    assert (checkpoint / "llm_tokenizer").is_dir()
+    from recipe_chain.loading import load_llm
+
+    editor = RecipeEditor.from_pretrained(checkpoint, llm=load_llm(str(tmp_path / "tiny-llm"))[0])
+    assert editor.config.prompt_target_slots == 4 and editor.llm_tokenizer is not None
+    assert "prompt_encoder.token_query.weight" not in _trained_tensors(tmp_path / "second")  # no key-decoded slots
+    targets = ["Paris", "a very long answer of many words indeed"]
+    lengths = [min(len(ids), 4) for ids in editor.target_token_ids(targets)]
+    assert lengths[0] < lengths[1] == 4
+    prefixes = editor.prefix_vectors(editor.encode_statements([f"X is {t}" for t in targets]), targets)
+    assert [p.shape[0] for p in prefixes] == [2 + n for n in lengths]

@@ -38,6 +38,7 @@ _FIELDS = (
     "prompt_len",
     "prompt_encoder",
     "prompt_context_len",
+    "prompt_target_slots",
     "prompt_code_dim",
     "prompt_key_grad",
     "freeze_retriever",
@@ -75,7 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Jointly train the knowledge encoder, the Knowledge Sentinel and the prompt encoder "
         "against a frozen causal LM on knowledge-editing data (any format the loaders read).",
     )
-    p.add_argument("--data", action="append", required=True, metavar="FILE", help="Edit data file (repeatable).")
+    p.add_argument("--data", action="append", required=True, metavar="FILE[:WEIGHT]",
+                   help="Edit data file (repeatable); WEIGHT: how many times each of its examples is drawn per "
+                   "epoch (default 1; fractions draw a seeded share). The evaluation sets are refused.")
     p.add_argument("--llm", required=True, metavar="PATH|default",
                    help="'default' (SmolLM2-135M-Instruct) or a local HF model directory / GGUF file.")
     p.add_argument("--gguf-file", default=None, metavar="NAME", help="GGUF file name inside the --llm directory.")
@@ -106,6 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "token embeddings.")
     p.add_argument("--prompt-context-len", type=int, default=None, metavar="N",
                    help="Context vectors in front of the token slots ('vocab' encoder).")
+    p.add_argument("--prompt-target-slots", type=int, default=None, metavar="N",
+                   help="Follow the key's vectors with the first N LLM tokens of the edit's own target ('vocab' "
+                   "encoder; default 0: every token slot is decoded from the key).")
     p.add_argument("--prompt-code-dim", type=int, default=None, metavar="N",
                    help="Give each key a prompt code of this width from its own head: retrieval ignores it and "
                    "the prompt encoder reads only it (default 0: the prompt encoder reads the whole key).")
@@ -142,15 +148,35 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
         FileNotFoundError: A ``--data`` or ``--extra-locality`` file does not exist.
         pydantic.ValidationError: An option is out of range (a ``ValueError``).
     """
+    from recipe_chain.data import check_trainable
     from recipe_chain.training import TrainingConfig
 
-    for path in [*args.data, *(args.extra_locality or [])]:
+    files, weights = zip(*(_file_and_weight(spec) for spec in args.data))
+    for path in files:
+        check_trainable(path)
+    for path in [*files, *(args.extra_locality or [])]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"No data file at {path}")
     fields = {name: getattr(args, name) for name in _FIELDS if getattr(args, name) is not None}
     if hasattr(args, "hinge_threshold"):
         fields["hinge_threshold"] = args.hinge_threshold
-    return TrainingConfig(data=[Path(p) for p in args.data], extra_locality=args.extra_locality or [], **fields)
+    if any(w is not None for w in weights):
+        fields["data_weights"] = [1.0 if w is None else w for w in weights]
+    return TrainingConfig(data=[Path(p) for p in files], extra_locality=args.extra_locality or [], **fields)
+
+
+def _file_and_weight(spec: str) -> tuple[str, float | None]:
+    """``"FILE:WEIGHT"`` -> ``(FILE, WEIGHT)``; a suffix that is not a number stays part of the path."""
+    path, sep, suffix = spec.rpartition(":")
+    if sep and path:
+        try:
+            weight = float(suffix)
+        except ValueError:
+            return spec, None
+        if not weight > 0:
+            raise ValueError(f"--data {spec}: the weight must be a positive number")
+        return path, weight
+    return spec, None
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -183,6 +209,7 @@ def run_train(args: argparse.Namespace) -> int:
             "prompt_encoder": config.prompt_encoder or defaults["prompt_encoder"].default,
             "prompt_context_len": config.prompt_context_len,
             "prompt_code_dim": config.prompt_code_dim or 0,
+            "prompt_target_slots": config.prompt_target_slots or 0,
         }
         editor.replace_prompt_encoder(llm, seed=config.seed, **prompt_fields)
         logger.info("New prompt encoder %s on its knowledge encoder and sentinel", prompt_fields)

@@ -25,8 +25,6 @@ __all__ = ["register", "run_train_verifier"]
 
 logger = logging.getLogger(__name__)
 
-_NEVER_TRAIN = ("zsre/train-1k.json", "knowedit/wiki_recent_train.json", "counterfact/eval.json")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train-verifier", help="Train the gate verifier (second stage) on hard negatives.",
@@ -54,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train_verifier(args: argparse.Namespace) -> int:
     import torch
 
+    from recipe_chain.data import check_trainable
     from recipe_chain.defaults import load_default_editor
     from recipe_chain.editor import RecipeEditor
     from recipe_chain.loading import DEFAULT_ENCODER_ID, load_default_encoder
@@ -68,8 +67,7 @@ def run_train_verifier(args: argparse.Namespace) -> int:
     from recipe_chain.verifier import EditVerifier
 
     for spec in args.data:
-        if any(spec.replace("\\", "/").split(":")[0].endswith(name) for name in _NEVER_TRAIN):
-            raise ValueError(f"{spec} is an evaluation set that is never trained on")
+        check_trainable(spec.split(":")[0])
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()

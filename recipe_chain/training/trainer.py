@@ -53,11 +53,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from recipe_chain.data import EditExample, load_edit_examples, load_questions
+from recipe_chain.data import EditExample, load_edit_examples, load_questions, split_by_subject
 from recipe_chain.editor import RecipeEditor, statement_of
 from recipe_chain.errors import CheckpointMismatchError
 from recipe_chain.prefix_lm import PrefixedCausalLM
@@ -75,7 +75,8 @@ __all__ = ["TrainingConfig", "TrainResult", "train", "LOSS_NAMES"]
 
 logger = logging.getLogger(__name__)
 
-_ARCH_FIELDS = ("prompt_len", "prompt_encoder", "prompt_context_len", "prompt_code_dim", "rep_dim", "backbone_tuning")
+_ARCH_FIELDS = ("prompt_len", "prompt_encoder", "prompt_context_len", "prompt_code_dim", "prompt_target_slots", "rep_dim",
+                "backbone_tuning")
 LOSS_NAMES: tuple[str, ...] = ("reliability", "generality", "locality", "retrieval", "sentinel", "prompt_tokens")
 """The weighted losses, in the order they are logged (the five of RECIPE, then the prompt-token loss)."""
 
@@ -141,8 +142,21 @@ class TrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="after")
+    def _weights_match_files(self) -> "TrainingConfig":
+        if self.data_weights and len(self.data_weights) != len(self.data):
+            raise ValueError(f"data_weights has {len(self.data_weights)} entries for {len(self.data)} data files")
+        if any(w <= 0 for w in self.data_weights):
+            raise ValueError(f"data_weights must be positive, got {self.data_weights}")
+        return self
+
     # Data.
     data: list[Path] = Field(min_length=1, description="Edit files (any format load_edit_examples reads).")
+    data_weights: list[float] = Field(
+        default_factory=list,
+        description="Per file of `data`, how many times each of its examples is drawn per epoch (fractions draw a "
+        "seeded share); empty: 1 for every file.",
+    )
     data_limit: int | None = Field(default=None, ge=1, description="Read at most this many records per file.")
     extra_locality: list[Path] = Field(
         default_factory=list,
@@ -217,6 +231,7 @@ class TrainingConfig(BaseModel):
     prompt_encoder: Literal["mlp", "vocab"] | None = None
     prompt_context_len: int | None = Field(default=None, ge=0)
     prompt_code_dim: int | None = Field(default=None, ge=0)
+    prompt_target_slots: int | None = Field(default=None, ge=0)
     rep_dim: int | None = Field(default=None, ge=1)
     backbone_tuning: Literal["frozen", "lora", "full"] | None = None
     editor_options: dict[str, Any] = Field(
@@ -286,6 +301,7 @@ class _Example:
     prompt_ids: list[int]
     paraphrase_ids: list[list[int]]
     target_ids: list[int]
+    source: int = 0  # index of its file in TrainingConfig.data
 
 
 @dataclass
@@ -294,6 +310,7 @@ class _Data:
     held_out: list[_Example]
     extra_queries: list[str]
     dropped: int = 0
+    source_names: list[str] = field(default_factory=list)
 
 
 def _fits(editor: RecipeEditor, texts: list[str]) -> list[bool]:
@@ -305,8 +322,14 @@ def _fits(editor: RecipeEditor, texts: list[str]) -> list[bool]:
 
 def _prepare(config: TrainingConfig, editor: RecipeEditor, lm: PrefixedCausalLM) -> _Data:
     raw: list[EditExample] = []
-    for path in config.data:
-        raw.extend(load_edit_examples(path, limit=config.data_limit, on_invalid="skip"))
+    sources: list[int] = []
+    for index, path in enumerate(config.data):
+        loaded = load_edit_examples(path, limit=config.data_limit, on_invalid="skip")
+        if any(e.source_format == "hallueditbench" for e in loaded):
+            loaded, dev = split_by_subject(loaded)  # its dev subjects are an evaluation set: never trained on
+            logger.info("%s: training on its %d train-subject examples (%d dev left out)", path, len(loaded), len(dev))
+        raw.extend(loaded)
+        sources.extend([index] * len(loaded))
     if not raw:
         raise ValueError(f"No usable edit examples in {[str(p) for p in config.data]}")
     statements = [statement_of(e.prompt, e.target_new) for e in raw]
@@ -317,8 +340,9 @@ def _prepare(config: TrainingConfig, editor: RecipeEditor, lm: PrefixedCausalLM)
     ok_para, ok_loc = iter(_fits(editor, para_flat)), iter(_fits(editor, loc_flat))
     groups: dict[str, int] = {}
     kept: list[tuple[EditExample, str, list[str], list[tuple[str, str | None]], int]] = []
+    kept_sources: list[int] = []
     dropped = 0
-    for e, s, fs, fp in zip(raw, statements, ok_statement, ok_prompt):
+    for e, s, fs, fp, src in zip(raw, statements, ok_statement, ok_prompt, sources):
         paras = [p for p in e.paraphrases if next(ok_para)]
         locs = [(lp.prompt, lp.answer) for lp in e.locality if next(ok_loc)]
         if not (fs and fp):
@@ -326,6 +350,7 @@ def _prepare(config: TrainingConfig, editor: RecipeEditor, lm: PrefixedCausalLM)
             continue
         group = groups.setdefault(_norm(e.prompt), len(groups))
         kept.append((e, s, paras, locs, group))
+        kept_sources.append(src)
     if dropped:
         logger.warning("Dropped %d examples whose statement or prompt exceeds %d backbone tokens", dropped,
                        editor.config.max_length)
@@ -349,8 +374,9 @@ def _prepare(config: TrainingConfig, editor: RecipeEditor, lm: PrefixedCausalLM)
             prompt_ids=pid,
             paraphrase_ids=[next(para_ids) for _ in paras],
             target_ids=tid,
+            source=src,
         )
-        for (e, s, paras, locs, group), pid, tid in zip(kept, prompt_ids, target_ids)
+        for (e, s, paras, locs, group), pid, tid, src in zip(kept, prompt_ids, target_ids, kept_sources)
     ]
     n_eval = min(config.eval_examples, max(0, len(examples) - config.batch_size))
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(_derive(config.seed, "split")))
@@ -363,7 +389,16 @@ def _prepare(config: TrainingConfig, editor: RecipeEditor, lm: PrefixedCausalLM)
         logger.info("Using %d extra locality questions from %s (skipping its first %d)", len(questions), path,
                     config.extra_locality_skip)
     logger.info("Training on %d examples (%d held out for the sanity eval)", len(train_set), len(held_out))
-    return _Data(train_set, held_out, extra, dropped)
+    return _Data(train_set, held_out, extra, dropped, source_names=_source_names(config.data))
+
+
+def _source_names(paths: list[Path]) -> list[str]:
+    """Short names of the data files for per-source metrics: the file stem, made unique."""
+    names: list[str] = []
+    for path in paths:
+        name = Path(path).stem
+        names.append(name if name not in names else f"{name}-{len(names)}")
+    return names
 
 
 def _norm(prompt: str) -> str:
@@ -382,18 +417,48 @@ def _derive(seed: int, *parts: object) -> int:
 
 
 class _Order:
-    """Deterministic data order: a fresh permutation per epoch, seeded by ``(seed, epoch)``."""
+    """Deterministic data order: a fresh permutation per epoch, seeded by ``(seed, epoch)``.
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n = n
+    With per-source weights an epoch draws each example of source ``s`` ``floor(w_s)``
+    times plus a seeded share ``w_s - floor(w_s)`` of them once more, so every epoch has
+    the same length and a source's share of the batches follows its weight.
+    """
+
+    def __init__(self, n: int, seed: int, sources: list[int] | None = None, weights: list[float] | None = None) -> None:
         self.seed = seed
+        self.sources = sources if sources is not None else [0] * n
+        self.weights = weights or []
+        members: dict[int, list[int]] = {}
+        for i, src in enumerate(self.sources):
+            members.setdefault(src, []).append(i)
+        self._members = members
+        self.n = sum(round(self._weight(src) * len(idx)) for src, idx in members.items()) if self.weights else n
+        if self.n < 1:
+            raise ValueError("the data weights leave no example to draw")
         self._perms: dict[int, list[int]] = {}
+
+    def _weight(self, source: int) -> float:
+        return self.weights[source] if source < len(self.weights) else 1.0
+
+    def _draw(self, epoch: int) -> list[int]:
+        if not self.weights:
+            return list(range(len(self.sources)))
+        pool: list[int] = []
+        for src, idx in sorted(self._members.items()):
+            total = round(self._weight(src) * len(idx))
+            whole, rest = divmod(total, len(idx))
+            pool += idx * whole
+            if rest:
+                g = torch.Generator().manual_seed(_derive(self.seed, "share", epoch, src))
+                pool += [idx[j] for j in torch.randperm(len(idx), generator=g)[:rest].tolist()]
+        return pool
 
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
             g = torch.Generator().manual_seed(_derive(self.seed, "epoch", epoch))
-            self._perms[epoch] = torch.randperm(self.n, generator=g).tolist()
+            pool = self._draw(epoch)
+            self._perms[epoch] = [pool[j] for j in torch.randperm(len(pool), generator=g).tolist()]
         return self._perms[epoch]
 
     def batch(self, step: int, batch_size: int) -> list[int]:
@@ -467,11 +532,15 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _build_editor(config: TrainingConfig, llm: PreTrainedModel, editor: RecipeEditor | None) -> RecipeEditor:
+def _build_editor(
+    config: TrainingConfig, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, editor: RecipeEditor | None
+) -> RecipeEditor:
     arch = {k: getattr(config, k) for k in _ARCH_FIELDS if getattr(config, k) is not None}
     if editor is None:
-        return RecipeEditor.from_backbone(llm, seed=config.seed, **arch, **config.editor_options)
-    editor.attach_llm(llm)
+        editor = RecipeEditor.from_backbone(llm, seed=config.seed, **arch, **config.editor_options)
+        editor.attach_llm(llm, tokenizer)
+        return editor
+    editor.attach_llm(llm, tokenizer)
     wanted = arch | config.editor_options
     clash = {k: (v, getattr(editor.config, k)) for k, v in wanted.items() if getattr(editor.config, k) != v}
     if clash:
@@ -648,8 +717,9 @@ def _train_step(run: _Run, step: int) -> dict[str, float]:
     use_loc = bool(cfg.weight_locality and loc_rows)
     if cfg.weight_reliability or cfg.weight_generality or use_loc:
         prompt_keys = _scale_grad(keys, cfg.prompt_key_grad)  # (B, d): same values, scaled gradient
-        prefixes, slot_logits = editor.prompt_encoder.forward_with_token_logits(prompt_keys)  # (B, P, D), (B, S, V)
-        prefixes = prefixes.to(lm.dtype)
+        vectors, slot_logits = editor.prompt_encoder.forward_with_token_logits(prompt_keys)  # (B, P, D), (B, S, V)
+        # B x (P + S_i, D): with target slots each row also carries its target's first tokens
+        prefixes = editor.prompt_encoder.append_targets(vectors.to(lm.dtype), [ex.target_ids for ex in batch])
         if cfg.weight_prompt_tokens and slot_logits is not None:
             losses["prompt_tokens"] = prompt_token_loss(slot_logits, [ex.target_ids for ex in batch])
         prompt_ids: list[list[int]] = []
@@ -716,12 +786,19 @@ def _sanity_eval(run: _Run) -> dict[str, float]:
     if loc:
         pred = retrieval_logits(editor.encode_queries([p for _, (p, _) in loc]), keys, kappa).argmax(-1)
         out["locality_rejected"] = float((pred == n).float().mean())
-    prefixes = list(editor.prompt_vectors(keys).to(lm.dtype))  # n x (P, D)
     targets = [ex.target for ex in held]
+    prefixes = [p.to(lm.dtype) for p in editor.prefix_vectors(keys, targets)]  # n x (P_i, D)
     rel = lm.score_targets([ex.prompt for ex in held], targets, prefixes)
     gen = lm.score_targets(paras, targets, prefixes)
     out["reliability_acc"] = float(np.mean([s.token_accuracy for s in rel]))
     out["generality_acc"] = float(np.mean([s.token_accuracy for s in gen]))
+    names = run.data.source_names
+    if len(names) > 1:  # per source: a mix can hide a source the prefix does not serve
+        for index, name in enumerate(names):
+            rows = [i for i, ex in enumerate(held) if ex.source == index]
+            if rows:
+                out[f"reliability_acc/{name}"] = float(np.mean([rel[i].token_accuracy for i in rows]))
+                out[f"generality_acc/{name}"] = float(np.mean([gen[i].token_accuracy for i in rows]))
     answered = [(i, p, a) for i, (p, a) in loc if a is not None]
     if answered:
         prompts, answers = [p for _, p, _ in answered], [a for _, _, a in answered]
@@ -957,7 +1034,7 @@ def _train(
     llm.requires_grad_(False)
     llm.eval()
     llm.to(device)
-    editor = _build_editor(config, llm, editor).to(device)
+    editor = _build_editor(config, llm, tokenizer, editor).to(device)
     if config.freeze_retriever:
         editor.encoder.requires_grad_(False)
         editor.sentinel.requires_grad_(False)
@@ -981,7 +1058,7 @@ def _train(
         out_dir=out,
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config)),
-        order=_Order(len(data.train), config.seed),
+        order=_Order(len(data.train), config.seed, [ex.source for ex in data.train], config.data_weights),
     )
     resumed_from: int | None = None
     state_path = out / STATE_FILE
