@@ -57,7 +57,7 @@ bench-scale: $(STAMP)
 		--dev-data ../shared/data/counterfact/train.json --duplicate-facts supersede \
 		--methods no-edit,recipe,text-rag --text-rag-format plain --t-grid 1000,10000 \
 		--checkpoint-sample 100 --final-sample 500 --gen-sample 200 --general-n 500 --general-answer-n 200 \
-		--latency-samples 5 --threads 2 --out benchmarks/results/eval/cf-T10000-verifier --resume
+		--latency-samples 30 --threads 2 --out benchmarks/results/eval/cf-T10000-verifier --resume
 
 # The gate alone against store size, up to 100,000 edits, for the gate designs side by side
 # (~30 min; encodings cached under ~/.cache/recipe-chain) -> benchmarks/results/gate_scale.{md,json,png};
