@@ -619,7 +619,7 @@ def test_cli_reads_every_format(fmt, patched_cli, tmp_path, capsys):
     assert raw["config"]["eval"]["methods"] == ["no-edit", "recipe", "text-rag"]
     assert raw["final"]["counts"] == {"prompt": 3, "paraphrase": 3, "locality": 3 * per,
                                       "locality_scored": 3 * per, "general": 2, "generation_examples": 3,
-                                      "general_answered": 0}
+                                      "general_answered": 0, "locality_edited_fact": 0}
     assert raw["selection"]["n_dev"] == 2 and raw["config"]["command"].startswith("recipe-chain eval --data")
     assert patched_cli["checkpoint"] == "ckpt-dir" and patched_cli["store_path"] == out / "store"
     assert (out / "metrics_vs_T.png").exists() and (out / "results.md").exists()
