@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench-store bench-quality bench-scale bench-gate train-verifier clean
+.PHONY: install demo test test-fast bench-store bench-quality bench-scale bench-gate train-verifier train-target-slots clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,17 @@ train-verifier: $(STAMP)
 	$(VENV)/bin/recipe-chain train-verifier --out runs/verifier --steps 4000 --lr 1e-3 --layers 3 --threshold 0.85 \
 		--data ../shared/data/counterfact/train.json ../shared/data/knowedit/wiki_counterfact_train.json \
 		../shared/data/questions/hallueditbench.json ../shared/data/questions/pokemqa_edit2questions.json
+
+# A prompt encoder with target slots (docs/prompt-vectors.md) on the shipped retriever, sentinel and verifier,
+# trained on a mix of CounterFact train, KnowEdit WikiData_counterfact and the HalluEditBench train subjects
+# (~30 min on 2 cores alone) -> runs/target-slots/checkpoint. Resumable: rerun to continue.
+train-target-slots: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/recipe-chain train --llm default --out runs/target-slots \
+		--data ../shared/data/counterfact/train.json:0.3 --data ../shared/data/knowedit/wiki_counterfact_train.json \
+		--data ../shared/data/questions/hallueditbench.json:0.5 \
+		--init-encoder-from recipe_chain/checkpoints/smollm2-135m-minilm-l6 --freeze-retriever --prompt-encoder vocab \
+		--prompt-len 2 --prompt-context-len 2 --prompt-target-slots 8 --prompt-code-dim 256 \
+		--steps 400 --threads 2 --eval-interval 100 --checkpoint-interval 50
 
 clean:
 	rm -rf $(VENV) build *.egg-info
