@@ -13,14 +13,13 @@ Writes benchmarks/results/gate_latency.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, counterfact_eval_sample, machine_info, percentile  # noqa: E402
+from common import counterfact_eval_sample, machine_info, percentile, write_results  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -95,7 +94,6 @@ def main() -> None:
         "gate_ms": gates, "verifier_alone_p50_ms": alone, "machine": machine_info(),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (RESULTS / "gate_latency.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
         "# Gate latency with and without the verifier", "",
         f"`{payload['command']}`: embedded store of {args.edits:,} CounterFact edits, shipped checkpoint "
@@ -109,7 +107,7 @@ def main() -> None:
                      f"| {g['sentinel_only_p50']} | {g['sentinel_only_p95']} |")
     lines += ["", "| verifier alone, p50 ms | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in alone.items()]
-    (RESULTS / "gate_latency.md").write_text("\n".join(lines) + "\n")
+    write_results("gate_latency", payload, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_info  # noqa: E402
+from common import RESULTS, machine_info, write_results  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RUN = RESULTS / "eval" / "cf-T10000-verifier"
@@ -100,7 +100,6 @@ def main() -> None:
         },
         "counts": counts, "examples": rows, "machine": machine_info(), "seconds": round(time.perf_counter() - start, 1),
     }
-    (RUN / "locality_conflicts.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
         "# Locality prompts that fire, and on what", "",
         f"`{payload['command']}`: the store `make bench-scale` left ({payload['store_edits']:,} active edits of "
@@ -120,7 +119,7 @@ def main() -> None:
         "First fires (prompt [reference] → admitted statement, kind):", "",
     ]
     lines += [f"* {r['locality_prompt']!r} [{r['reference']}] → {r['fired_statement']!r} ({r['kind']})" for r in rows]
-    (RUN / "locality_conflicts.md").write_text("\n".join(lines) + "\n")
+    write_results(str(RUN.relative_to(RESULTS) / "locality_conflicts"), payload, "\n".join(lines))
     print("\n".join(lines))
 
 
