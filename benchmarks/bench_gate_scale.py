@@ -126,14 +126,17 @@ def general_questions(n: int) -> dict[str, list[str]]:
 
 
 class Encoded:
-    """Query representations and retrieval keys, cached on disk by checkpoint fingerprint."""
+    """Query representations (per query precision) and retrieval keys, cached on disk by
+    checkpoint fingerprint."""
 
     def __init__(self, editor, cache: Path) -> None:  # noqa: ANN001
         self.editor = editor
         self.path = cache / f"{editor.fingerprint}.pt"
-        self.store: dict[str, dict[str, torch.Tensor]] = {"q": {}, "k": {}}
+        self.store: dict[str, dict[str, torch.Tensor]] = {"k": {}}
         if self.path.is_file():
             self.store = torch.load(self.path, weights_only=False)
+            if "q" in self.store:  # caches from before int8 queries: float32 queries
+                self.store["q-float32"] = self.store.pop("q")
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,24 +146,25 @@ class Encoded:
         from tqdm.auto import tqdm
 
         enc = self.editor.encoder
-        missing = sorted({t for t in texts if t not in self.store[kind]})
+        cached = self.store.setdefault(kind, {})
+        missing = sorted({t for t in texts if t not in cached})
         batch = 128
         with torch.no_grad():
             for a in tqdm(range(0, len(missing), batch), desc=f"encode {kind}", disable=not missing):
                 part = missing[a : a + batch]
-                if kind == "q":
+                if kind.startswith("q"):
                     reps = self.editor.encode_queries(part, batch_size=batch)
                 else:  # the retrieval part of each key; the prompt code (zero in queries) never moves q·k
                     feats = enc.features(enc.tokenize(part))
                     reps = torch.nn.functional.pad(enc.knowledge_head(feats), (0, enc.prompt_code_dim))
                 for t, r in zip(part, reps.float()):
-                    self.store[kind][t] = r.clone()
+                    cached[t] = r.clone()
             if missing:
                 self.save()
-        return torch.stack([self.store[kind][t] for t in texts]) if texts else torch.zeros(0)
+        return torch.stack([cached[t] for t in texts]) if texts else torch.zeros(0)
 
     def queries(self, texts: list[str]) -> torch.Tensor:
-        return self._encode("q", texts)
+        return self._encode("q-int8" if self.editor.int8_queries else "q-float32", texts)
 
     def keys(self, texts: list[str]) -> torch.Tensor:
         return self._encode("k", texts)
@@ -179,6 +183,8 @@ def main() -> None:  # noqa: PLR0915 - a benchmark script, read top to bottom
     parser.add_argument("--thresholds", type=float, nargs="*", default=[0.5, 0.7, 0.8, 0.85, 0.9, 0.95],
                         help="verifier thresholds to sweep besides the shipped one")
     parser.add_argument("--int8-verifier", action="store_true", help="run the verifier with int8 inference")
+    parser.add_argument("--float32-queries", action="store_true",
+                        help="encode queries in float32 (int8_queries=False; default: int8, the library default)")
     parser.add_argument("--report-only", action="store_true", help="re-render the .md and .png from the .json")
     args = parser.parse_args()
     if args.report_only:
@@ -193,6 +199,7 @@ def main() -> None:  # noqa: PLR0915 - a benchmark script, read top to bottom
     from recipe_chain.gate import shortlist, verified_choice
 
     editor = load_default_editor()
+    editor.int8_queries = not args.float32_queries
     verifier = editor.gate_verifier
     if verifier is not None and args.int8_verifier:
         verifier.int8_inference = True
@@ -349,6 +356,7 @@ def main() -> None:  # noqa: PLR0915 - a benchmark script, read top to bottom
         "checkpoint_fingerprint": editor.fingerprint,
         "verifier": verifier.config.model_dump(mode="json") if verifier is not None else None,
         "verifier_int8": bool(args.int8_verifier),
+        "int8_queries": editor.int8_queries,
         "probes": len(probes), "real_filler": min(len(filler), 20000), "rows": rows,
         "machine": machine_info(), "seconds": round(time.perf_counter() - start, 1),
     }
@@ -365,7 +373,8 @@ def write_markdown(payload: dict, path: Path) -> None:
         f"{payload['probes']} probe edits (ROME-form CounterFact, from eval.json) with their prompt, 2 paraphrases and 10 "
         "neighbourhood prompts each; filler: the other CounterFact train + eval statements, then synthetic statements "
         "(CounterFact subjects in CounterFact relation templates). Exact top-k retrieval over all keys. "
-        "General text: NQ questions and HalluEditBench dev-subject questions.", "",
+        "General text: NQ questions and HalluEditBench dev-subject questions. "
+        f"Queries encoded in {'int8' if payload.get('int8_queries') else 'float32'}.", "",
         "Dev columns: the other 528 ROME-form records, stored beside the probes from T = 1,000 on, with their "
         "prompt, paraphrases and neighbours; thresholds and margins are chosen on them, never on the probes.", "",
         "| T | design | admitted right: prompt | paraphrase | false fires: neighbours | NQ | HalluEditBench dev "

@@ -24,9 +24,9 @@ Per store size and backend (embedded ``PersistentClient``; a ``chroma run`` serv
 * ``add_edit`` latency p50/p95 (one edit, encoding included).
 Plus ``add_edits`` throughput into an empty namespace (encoding included) per backend.
 
-Options that change the store's settings: ``--int8-queries`` and ``--int8-statements``
-(the editor's switches; the pre-filled keys stay float32, so only the timed edits are
-int8) and ``--write-behind`` (embedded store with ``write_behind=True``: ``add_edit``
+Options that change the store's settings: ``--float32-queries`` and ``--int8-statements``
+(the editor's switches, int8 queries and float32 statements by default; the pre-filled
+keys stay float32, so only the timed edits are int8) and ``--write-behind`` (embedded store with ``write_behind=True``: ``add_edit``
 returns once its journal entry is committed and a background thread writes Chroma while
 the next calls run; the results add how long the final flush took and the largest
 backlog seen).
@@ -497,8 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="results file name (default store, or store-quick)")
     parser.add_argument("--workdir", default=None, help="where the stores are built (default: a temp dir)")
     parser.add_argument("--no-key-cache", action="store_true", help="do not cache bulk-encoded keys")
-    parser.add_argument("--int8-queries", action="store_true",
-                        help="encode queries with int8_queries=True (int8 MiniLM weights; default: float32)")
+    parser.add_argument("--float32-queries", action="store_true",
+                        help="encode queries with int8_queries=False (float32 MiniLM weights; default: int8)")
     parser.add_argument("--int8-statements", action="store_true",
                         help="encode the timed add_edit statements with int8_statements=True (default: float32)")
     parser.add_argument("--write-behind", action="store_true",
@@ -529,9 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError:
         editor = RecipeEditor.from_backbone(llm)
         editor_kind = "RecipeEditor.from_backbone(SmolLM2) with randomly initialised heads (no trained checkpoint yet)"
-    editor.int8_queries = args.int8_queries
+    editor.int8_queries = not args.float32_queries
     editor.int8_statements = args.int8_statements
-    print(f"editor: {editor_kind}; fingerprint {editor.fingerprint}; int8 queries {args.int8_queries}; int8 "
+    print(f"editor: {editor_kind}; fingerprint {editor.fingerprint}; int8 queries {editor.int8_queries}; int8 "
           f"statements {args.int8_statements}; write-behind {args.write_behind}", flush=True)
 
     n_extra = n_throughput + n_add * len(sizes)
@@ -552,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "chromadb": chromadb.__version__,
         "editor": editor_kind,
         "editor_fingerprint": editor.fingerprint,
-        "int8_queries": args.int8_queries,
+        "int8_queries": editor.int8_queries,
         "int8_statements": args.int8_statements,
         "write_behind": args.write_behind,
         "rep_dim": editor.config.rep_dim,

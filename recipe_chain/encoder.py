@@ -125,10 +125,11 @@ class KnowledgeEncoder(nn.Module):
             to ``False`` to always run the Hugging Face forward.
         int8_queries: Encode *queries* through a compiled backbone with int8 weights and
             dynamically quantised 8-bit activations (``CompiledBertBackbone(int8=True)``):
-            about 60 % of the float32 time per query on a small CPU, with the same gate
+            about half the float32 time per query on a small CPU, with the same gate
             decision for 99 % of gated texts (see ``benchmarks/results/int8_queries.md``).
             It does not touch statements, so a store's keys do not depend on this switch.
-            ``False`` by default.
+            ``True`` by default: it is what keeps the gate within its latency budget at
+            100,000 edits (``benchmarks/results/store-default-100k.md``).
         int8_statements: Encode *statements* (keys and prompt codes) through the int8
             compiled backbone too: about half the backbone time of a one-statement
             ``add_edit``. At T=1,000 CounterFact edits with int8 queries, Reliability,
@@ -159,7 +160,7 @@ class KnowledgeEncoder(nn.Module):
         self._special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self._backend = _plain_backend(tokenizer)
         self.compiled_inference = True
-        self.int8_queries = False
+        self.int8_queries = True
         self.int8_statements = False
         # ("adapters" / "base" / "paired" (both in one pass), int8) -> (weights stamp, graph)
         self._compiled: dict[tuple[str, bool], tuple[tuple[int, ...], CompiledBertBackbone]] = {}

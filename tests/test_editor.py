@@ -188,7 +188,8 @@ def test_fingerprint_tracks_weights(llm, backbone) -> None:
 
 def test_int8_queries_change_queries_slightly_and_never_keys(llm, backbone) -> None:
     editor = make_editor(llm, backbone)
-    assert editor.int8_queries is False
+    assert editor.int8_queries is True  # the default
+    editor.int8_queries = False
     texts = ["The capital of France is Rome", "Who wrote Hamlet?"]
     fingerprint = editor.fingerprint
     exact_keys, exact_queries = editor.encode_statements(texts), editor.encode_queries(texts)
@@ -203,6 +204,20 @@ def test_int8_queries_change_queries_slightly_and_never_keys(llm, backbone) -> N
     torch.testing.assert_close(editor.encode_queries(texts), exact_queries, rtol=0, atol=0)
     with pytest.raises(TypeError, match="bool"):
         editor.int8_queries = "yes"  # type: ignore[assignment]
+
+
+def test_int8_queries_batched_equal_one_at_a_time(llm, backbone) -> None:
+    """An int8 pass quantises activations per call, so batch rows must run alone (gate_batch == gate)."""
+    editor = make_editor(llm, backbone)
+    assert editor.int8_queries is True
+    texts = ["Who wrote Hamlet?", "The capital of France is", "In which year did the Berlin Wall fall, and why?"]
+    batched = editor.encode_queries(texts)
+    alone = torch.cat([editor.encode_queries([t]) for t in texts])
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-6)
+    editor.int8_statements = True
+    torch.testing.assert_close(
+        editor.encode_statements(texts), torch.cat([editor.encode_statements([t]) for t in texts]), rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("prompt_code_dim", [0, 6])  # 6: keys come from the paired (adapters + base) pass

@@ -625,23 +625,30 @@ def test_cli_reads_every_format(fmt, patched_cli, tmp_path, capsys):
     assert (out / "metrics_vs_T.png").exists() and (out / "results.md").exists()
 
 
-@pytest.mark.parametrize("flag", ["int8_queries", "int8_statements"])
-def test_cli_int8_flags_switch_the_editor_and_are_recorded(patched_cli, models, tmp_path, flag, capsys):
+@pytest.mark.parametrize(
+    ("option", "int8_queries", "int8_statements"),
+    [(None, True, False), ("--float32-queries", False, False), ("--int8-statements", True, True)],
+)
+def test_cli_precision_flags_switch_the_editor_and_are_recorded(
+    patched_cli, models, tmp_path, option, int8_queries, int8_statements, capsys
+):
     path, _ = _write_formats(tmp_path)["counterfact_flat"]
     editor = models[2]
+    editor.int8_queries, editor.int8_statements = (not int8_queries), (not int8_statements)  # the CLI must set both
     out = tmp_path / "out"
-    option = "--" + flag.replace("_", "-")
     try:
         code = main(["eval", "--data", str(path), "--edits", "2", "--dev-size", "1", "--general-n", "0",
                      "--latency-samples", "1", "--gate-latency-samples", "1", "--gen-tokens", "2", "--t-grid", "1",
-                     "--methods", "recipe", "--no-plots", option, "--out", str(out)])
-        assert code == 0 and getattr(editor, flag) is True
-        other = {"int8_queries": "int8_statements", "int8_statements": "int8_queries"}[flag]
-        assert getattr(editor, other) is False
+                     "--methods", "recipe", "--no-plots", *([option] if option else []), "--out", str(out)])
+        assert code == 0
+        assert (editor.int8_queries, editor.int8_statements) == (int8_queries, int8_statements)
     finally:
-        editor.int8_queries = editor.int8_statements = False
+        editor.int8_queries, editor.int8_statements = True, False
     raw = json.loads((out / "results.json").read_text())
-    assert raw["config"][flag] is True and f" {option}" in raw["config"]["command"]
+    assert raw["config"]["int8_queries"] is int8_queries and raw["config"]["int8_statements"] is int8_statements
+    if option is None:
+        return
+    assert f" {option}" in raw["config"]["command"]
     assert main(["eval", "--data", str(path), "--edits", "2", option, "--resume", "--out", str(out)]) == 2
     assert f"{option} cannot --resume" in capsys.readouterr().err
 
@@ -674,8 +681,8 @@ def test_cli_user_errors_exit_2(tmp_path, monkeypatch, capsys):
     assert "No RECIPE checkpoint" in err and "--allow-untrained" in err
     assert main(["eval", "--data", str(path), "--edits", "2", "--resume", "--ephemeral-store"]) == 2
     assert "--resume needs" in capsys.readouterr().err
-    assert main(["eval", "--data", str(path), "--edits", "2", "--resume", "--int8-queries"]) == 2
-    assert "--int8-queries cannot --resume" in capsys.readouterr().err
+    assert main(["eval", "--data", str(path), "--edits", "2", "--resume", "--float32-queries"]) == 2
+    assert "--float32-queries cannot --resume" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------- real store

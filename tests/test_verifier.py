@@ -89,6 +89,10 @@ def test_save_load_round_trip_and_compiled_equals_eager(backbone_dir: Path, tmp_
     c = loaded.probabilities(*zip(MATCH, SAME_SUBJECT))
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(b, c, atol=1e-5)
     assert torch.allclose(int8, c, atol=0.05)
+    loaded.compiled_inference = loaded.int8_inference = True  # int8 pairs scored in a batch == one at a time
+    pairs = [MATCH, SAME_SUBJECT, SAME_RELATION]
+    alone = torch.cat([loaded.probabilities([q], [s]) for q, s in pairs])
+    torch.testing.assert_close(loaded.probabilities(*zip(*pairs)), alone, rtol=0, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="No gate verifier"):
         EditVerifier.from_pretrained(tmp_path / "missing")
 

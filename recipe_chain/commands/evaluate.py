@@ -154,8 +154,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots.")
     p.add_argument("--no-progress", action="store_true", help="No progress bars (they go to stderr).")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads.")
-    p.add_argument("--int8-queries", action="store_true",
-                   help="Encode queries with int8 MiniLM weights (RecipeEditor.int8_queries; not with --resume).")
+    p.add_argument("--float32-queries", action="store_true",
+                   help="Encode queries with float32 MiniLM weights instead of the default int8 "
+                   "(RecipeEditor.int8_queries = False; not with --resume).")
     p.add_argument("--int8-statements", action="store_true",
                    help="Encode statements (keys) with int8 MiniLM weights (RecipeEditor.int8_statements; "
                    "not with --resume).")
@@ -299,7 +300,7 @@ def _command_line(args: argparse.Namespace, cfg: Any, out: Path, checkpoint: str
             parts += [f"--{flag.replace('_', '-')}", str(value)]
     if args.t_grid is not None:
         parts += ["--t-grid", ",".join(map(str, args.t_grid))]
-    for flag in ("quick", "allow_untrained", "ephemeral_store", "resume", "no_plots", "no_progress", "int8_queries",
+    for flag in ("quick", "allow_untrained", "ephemeral_store", "resume", "no_plots", "no_progress", "float32_queries",
                  "int8_statements"):
         if getattr(args, flag):
             parts.append(f"--{flag.replace('_', '-')}")
@@ -319,7 +320,7 @@ def run_eval(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.resume and args.ephemeral_store:
         raise ValueError("--resume needs the on-disk store; drop --ephemeral-store")
-    for flag, what in (("int8_queries", "queries"), ("int8_statements", "statements")):
+    for flag, what in (("float32_queries", "queries"), ("int8_statements", "statements")):
         if args.resume and getattr(args, flag):
             raise ValueError(
                 f"--{flag.replace('_', '-')} cannot --resume: the partial results do not record how {what} were encoded"
@@ -357,7 +358,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     checkpoint = getattr(args, "checkpoint", None)
     llm, tokenizer, editor, model_info = load_eval_models(checkpoint, args.llm, allow_untrained=args.allow_untrained)
-    editor.int8_queries = bool(args.int8_queries)
+    editor.int8_queries = not args.float32_queries
     editor.int8_statements = bool(args.int8_statements)
     factory = make_store_factory(editor, cfg, path=None if args.ephemeral_store else out / "store")
     run_info = {
@@ -370,7 +371,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "checkpoint": model_info["checkpoint"],
         "trained": model_info["trained"],
         "llm_spec": args.llm,
-        "int8_queries": bool(args.int8_queries),
+        "int8_queries": editor.int8_queries,
         "int8_statements": bool(args.int8_statements),
         "store": "ephemeral" if args.ephemeral_store else str(out / "store"),
         "git_commit": _git_commit(),
