@@ -31,15 +31,15 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration and not server"
 
 # Knowledge-store benchmarks (~40 min): int8 vs float32 query encoding, gate quality and latency
-# -> benchmarks/results/int8_queries.{json,md}; store latency with float32 MiniLM (the default)
-# -> store.{json,md}, and with int8_queries=True (embedded) -> store-int8-queries.{json,md}; Chroma one-record add latency
+# -> benchmarks/results/int8_queries.{json,md}; store latency with the defaults (int8 queries)
+# -> store.{json,md}, and with float32 queries (embedded) -> store-float32-queries.{json,md}; Chroma one-record add latency
 # vs HNSW sync_threshold -> chroma_sync_threshold.{json,md}. GOMP_SPINCOUNT=10000 is the
 # serving setting the README recommends: OpenMP's idle worker stops spinning soon and leaves the core to Chroma.
 bench-store: $(STAMP)
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_int8_queries.py
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py
-	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py --int8-queries --backends embedded --name store-int8-queries
-	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py --int8-queries --int8-statements --write-behind --backends embedded --name store-write-behind
+	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py --float32-queries --backends embedded --name store-float32-queries
+	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_store.py --int8-statements --write-behind --backends embedded --name store-write-behind
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_chroma_sync_threshold.py
 	GOMP_SPINCOUNT=10000 $(PY) benchmarks/bench_add_edit_floor.py
 
@@ -49,15 +49,16 @@ bench-store: $(STAMP)
 bench-quality: $(STAMP)
 	$(VENV)/bin/recipe-chain eval-suite --out benchmarks/results/suite --threads 2
 
-# T = 10,000 sequential CounterFact edits with the shipped checkpoint and its gate verifier (~25 min
-# on 2 cores; text-rag's plain format is the one the suite chose on CounterFact dev). The run
-# before the verifier, same command, is benchmarks/results/eval/cf-T10000-current.
+# T = 10,000 sequential CounterFact edits with the shipped checkpoint, its gate verifier and the
+# default int8 queries (~25 min on 2 cores; text-rag's plain format is the one the suite chose on
+# CounterFact dev). Earlier runs of the same command: eval/cf-T10000-verifier (float32 queries),
+# eval/cf-T10000-current (before the verifier).
 bench-scale: $(STAMP)
 	$(VENV)/bin/recipe-chain eval --data ../shared/data/counterfact/eval.json --edits 10000 --seed 0 \
 		--dev-data ../shared/data/counterfact/train.json --duplicate-facts supersede \
 		--methods no-edit,recipe,text-rag --text-rag-format plain --t-grid 1000,10000 \
 		--checkpoint-sample 100 --final-sample 500 --gen-sample 200 --general-n 500 --general-answer-n 200 \
-		--latency-samples 30 --threads 2 --out benchmarks/results/eval/cf-T10000-verifier --resume
+		--latency-samples 30 --threads 2 --out benchmarks/results/eval/cf-T10000-int8-queries --resume
 
 # The gate alone against store size, up to 100,000 edits, for the gate designs side by side
 # (~30 min; encodings cached under ~/.cache/recipe-chain) -> benchmarks/results/gate_scale.{md,json,png};

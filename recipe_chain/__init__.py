@@ -14,7 +14,11 @@ from recipe_chain.errors import (
     EditNotFoundError,
     EncoderMismatchError,
     MissingModelPackageError,
+    NamespaceNotFoundError,
+    ReadOnlyStoreError,
     RecipeChainError,
+    StoreBusyError,
+    StorePathError,
 )
 from recipe_chain.loading import (
     DEFAULT_ENCODER_ID,
@@ -48,6 +52,10 @@ __all__ = [
     "EncoderMismatchError",
     "EditNotFoundError",
     "DuplicateEditError",
+    "StoreBusyError",
+    "ReadOnlyStoreError",
+    "StorePathError",
+    "NamespaceNotFoundError",
     "__version__",
 ]
 

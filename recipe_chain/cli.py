@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from recipe_chain.commands.terminal import terminal_safe
 from recipe_chain.errors import RecipeChainError
 
 __all__ = ["main", "build_parser"]
@@ -71,7 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RecipeChainError, ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {terminal_safe(str(exc), keep_newlines=True)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if args.debug or not type(exc).__module__.startswith("chromadb"):
+            raise
+        # Chroma's own errors (a broken or foreign store): one line, not a traceback
+        print(f"error: Chroma: {terminal_safe(str(exc))} (rerun with --debug for the traceback)", file=sys.stderr)
         return 2
 
 

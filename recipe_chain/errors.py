@@ -14,6 +14,10 @@ __all__ = [
     "EncoderMismatchError",
     "EditNotFoundError",
     "DuplicateEditError",
+    "StoreBusyError",
+    "ReadOnlyStoreError",
+    "StorePathError",
+    "NamespaceNotFoundError",
 ]
 
 
@@ -53,3 +57,19 @@ class EditNotFoundError(RecipeChainError, KeyError):
 
 class DuplicateEditError(RecipeChainError, ValueError):
     """An explicit ``edit_id`` is already used in the store's namespace."""
+
+
+class StoreBusyError(RecipeChainError):
+    """Another writer holds the store directory (one process writes a directory at a time)."""
+
+
+class ReadOnlyStoreError(RecipeChainError):
+    """A write was attempted on a store opened with ``read_only=True``."""
+
+
+class StorePathError(RecipeChainError, ValueError):
+    """A store path that cannot hold a store: a file, or a directory this process cannot write."""
+
+
+class NamespaceNotFoundError(RecipeChainError):
+    """The store's namespace (its Chroma collection) was deleted while the store was open."""

@@ -38,7 +38,8 @@ best candidate is admitted iff ``best > sentinel + gate_margin``; with
 ``use_gate=False`` the top-1 is always admitted (ablation).
 
 **Corrections.** Two edits are *the same fact* when their normalised prompts are equal
-(:func:`normalize_prompt`: Unicode case-folded, whitespace collapsed, stripped). Adding
+(:func:`normalize_prompt`: Unicode NFC, case-folded, whitespace collapsed, stripped;
+prompts, targets and subjects are stored in NFC). Adding
 an edit of a fact that has an active edit *supersedes* it: the old edit stays stored with
 ``active=False`` and ``superseded_by=<new id>``; the new edit gets
 ``previous_targets = old.previous_targets + [old.target_new]``. Only active edits are
@@ -52,10 +53,12 @@ first 24 are a hash of its normalised prompt (its fact), the last 8 the fact's v
 number (0 for its first edit, then one above the highest stored version). Finding the
 edits a new edit supersedes is then a lookup by id, which stays under a millisecond at
 100k edits, where Chroma's metadata filter on ``prompt_norm`` scans every record (about
-15-20 ms at 100k on the benchmark machine). Versions are probed 16 ids at a time until a
-window holds none, so a version that follows 16 or more consecutive *deleted* versions of
-its fact would not be seen. Deleting a fact's newest edit frees its id, and the fact's
-next edit gets it again. Once an edit with an explicit id has been written to a
+15-20 ms at 100k on the benchmark machine). **Generated ids are never reused**: deleting
+an edit records its id in a side collection ``<collection>__deleted``, a deleted version
+keeps its number, and a delete of an id that is gone raises :class:`EditNotFoundError`
+and changes nothing. (An explicit ``edit_id`` of a deleted edit may be given again: that
+is the caller's choice.) So versions have no gaps, and probing them 16 ids at a time finds the
+newest at any history length. Once an edit with an explicit id has been written to a
 namespace, that namespace uses the metadata filter for good (and random ids for new
 edits), as do stores created by recipe-chain versions without this scheme.
 
@@ -76,9 +79,20 @@ failed Chroma write is retried and loses nothing; a store opened on a path whose
 holds entries (its writer was killed) writes them first. Other store objects see a
 pending edit once it is written. See :mod:`recipe_chain.write_behind`.
 
-**Threads.** Writes (and the read-modify-write of a supersession) are serialised by a
-lock per store; gates and queries run concurrently. Writers in *different processes*
-on one namespace are not serialised against each other.
+**One writer per store directory** (:mod:`recipe_chain.store_lock`). An embedded store
+opened for writing holds its directory's lock until :meth:`RecipeKnowledgeStore.close`:
+a writable store in another process waits up to ``lock_timeout`` seconds, then raises
+:class:`~recipe_chain.errors.StoreBusyError`. (Embedded Chroma keeps its vector index in
+the memory of the process that opened it, so two writing processes would lose and
+overwrite each other's edits.) Store objects in one process share the lock: their writes,
+and the read-modify-write of each supersession, run one at a time, while gates and
+queries run concurrently; they also share an open write-behind queue, so every one of
+them sees pending edits. ``read_only=True`` takes no lock and refuses writes with
+:class:`~recipe_chain.errors.ReadOnlyStoreError`; in another process it lists records at
+once, but its gates raise :class:`~recipe_chain.errors.StoreBusyError` while Chroma's
+vector index on disk lags the records the writing process adds. Ephemeral and ``client=`` stores share
+a lock per collection within the process; a Chroma server cannot be locked from here, so
+let one process write each of its namespaces.
 
 **Text length.** Statements and queries longer than the encoder's ``max_length`` tokens
 raise ``ValueError`` (no silent truncation: it would drop the new target).
@@ -93,6 +107,7 @@ import math
 import os
 import re
 import threading
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -103,10 +118,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from recipe_chain.edit_text import check_targets_visible
 from recipe_chain.editor import RecipeEditor, statement_of
-from recipe_chain.errors import DuplicateEditError, EditNotFoundError, EncoderMismatchError, RecipeChainError
+from recipe_chain.errors import (
+    DuplicateEditError,
+    EditNotFoundError,
+    EncoderMismatchError,
+    NamespaceNotFoundError,
+    ReadOnlyStoreError,
+    RecipeChainError,
+    StoreBusyError,
+    StorePathError,
+)
 from recipe_chain.gate import admits, rank, rescore, sentinel_similarity, shortlist, verified_choice
 from recipe_chain.records import EditRecord, GateCandidate, GateResult, ScalarMeta
+from recipe_chain.store_lock import PathWriteLock, acquire_path_lock, shared_queue
 from recipe_chain.verifier import EditVerifier, VerifierChoice
 from recipe_chain.write_behind import (
     JOURNAL_FILE,
@@ -176,6 +202,9 @@ _C_EXPLICIT_IDS = "recipe_chain.explicit_ids"
 _ID_FLAGS = (_C_ID_SCHEME, _C_EXPLICIT_IDS)
 _FACT_ID_HEX = 24  # hex digits of the fact hash; the other 8 hold the version
 _VERSION_WINDOW = 16  # fact-version ids probed per fact and round
+# The ids of deleted edits live on in a side collection "<collection>__deleted" (ids only),
+# so that no id is ever handed out twice.
+_DELETED_SUFFIX = "__deleted"
 
 # Record-level metadata keys we own.
 _EDIT_ID = "edit_id"
@@ -216,6 +245,8 @@ _SEARCH_WIDEN_ROUNDS = 3
 # one SQL statement, and SQLite refuses more than 32,766 variables in a statement.
 _MAX_HITS_PER_QUERY_CALL = 4096
 _PAGE = 5000
+# Chroma's errors for a vector index that is behind the records (another process writes them)
+_STALE_INDEX_ERRORS = ("hnsw segment reader", "Error finding id")
 
 
 def fact_version_id(prompt_norm: str, version: int) -> str:
@@ -236,13 +267,16 @@ def _oldest_first(heads: dict[str, list[_Stored]]) -> dict[str, list[_Stored]]:
 
 
 def normalize_prompt(prompt: str) -> str:
-    """The correction key of a prompt: Unicode case-folded, whitespace collapsed, stripped.
+    """The correction key of a prompt: Unicode NFC, case-folded, whitespace collapsed, stripped.
+
+    NFC makes the composed and decomposed spellings of a character ("é" as one code
+    point, or "e" + a combining accent) one fact.
 
     Example:
         >>> normalize_prompt("  The mother  tongue of\\tDanielle Darrieux IS ")
         'the mother tongue of danielle darrieux is'
     """
-    return " ".join(prompt.casefold().split())
+    return " ".join(unicodedata.normalize("NFC", unicodedata.normalize("NFC", prompt).casefold()).split())
 
 
 def _check_name(value: object, what: str) -> str:
@@ -271,11 +305,12 @@ def _utc_now() -> str:
 
 
 def _check_text(value: object, what: str) -> str:
+    """``value`` in Unicode NFC (one stored form for what looks the same), if it is a non-blank str."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"{what} must not be empty or whitespace")
-    return value
+    return unicodedata.normalize("NFC", value)
 
 
 def _check_edit_id(value: object) -> str:
@@ -336,6 +371,36 @@ class _Stored:
     key: torch.Tensor | None  # (d,) float32
 
 
+class _NamespaceGuard:
+    """A Chroma collection whose calls raise :class:`NamespaceNotFoundError`, naming the
+    namespace and the fix, when the collection was deleted underneath the store."""
+
+    def __init__(self, collection: Any, namespace: str, identity: str) -> None:
+        from chromadb.errors import NotFoundError
+
+        self._inner, self._namespace, self._identity, self._not_found = collection, namespace, identity, NotFoundError
+
+    @property
+    def metadata(self) -> Any:
+        return self._inner.metadata
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except self._not_found as exc:
+                raise NamespaceNotFoundError(
+                    f"Namespace {self._namespace!r} of {self._identity.split('#')[0]} was deleted while this store "
+                    "was open (by another client or process). Open a new store to start it afresh."
+                ) from exc
+
+        return call
+
+
 class RecipeKnowledgeStore:
     """Edits as keys in Chroma, with the Knowledge Sentinel gate.
 
@@ -365,10 +430,21 @@ class RecipeKnowledgeStore:
             :mod:`recipe_chain.write_behind`). Pending edits are gated and fetched like
             stored ones. Needs ``path`` (the journal lives in the store's directory).
             :meth:`flush` waits for Chroma; :meth:`close` flushes.
+        verifier: The gate's second stage: ``"auto"`` (the editor's), an
+            :class:`~recipe_chain.verifier.EditVerifier`, or ``None`` (sentinel only).
+        read_only: Open for listing, gating and generation only: no directory lock is
+            taken, a missing namespace is not created, and writes raise
+            :class:`~recipe_chain.errors.ReadOnlyStoreError`.
+        lock_timeout: Seconds to wait when another process holds the directory's write
+            lock (embedded stores; see "One writer per store directory" above).
 
     Raises:
         EncoderMismatchError: If the namespace was written by an editor with another
             fingerprint (and ``allow_reindex`` is false).
+        StoreBusyError: If another process writes the directory (after ``lock_timeout``).
+        StorePathError: If ``path`` is a file or a directory this process cannot write,
+            or (``read_only``) does not exist.
+        NamespaceNotFoundError: If ``read_only`` and the namespace does not exist.
         ValueError: For an invalid namespace, prefix or option, more than one backend,
             or ``write_behind`` without ``path``.
 
@@ -396,6 +472,8 @@ class RecipeKnowledgeStore:
         allow_reindex: bool = False,
         write_behind: bool = False,
         verifier: VerifierChoice = "auto",
+        read_only: bool = False,
+        lock_timeout: float = 0.0,
     ) -> None:
         if not isinstance(editor, RecipeEditor):
             raise TypeError(f"editor must be a RecipeEditor, got {type(editor).__name__}")
@@ -416,6 +494,13 @@ class RecipeKnowledgeStore:
             raise ValueError(
                 "write_behind=True needs an embedded store (path=): its journal lives in the store's directory"
             )
+        if not isinstance(read_only, bool):
+            raise TypeError(f"read_only must be a bool, got {type(read_only).__name__}")
+        if read_only and write_behind:
+            raise ValueError("read_only=True and write_behind=True exclude each other")
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not lock_timeout >= 0:
+            raise ValueError(f"lock_timeout must be a non-negative number of seconds, got {lock_timeout!r}")
+        self.read_only = read_only
         if verifier == "auto":
             verifier = editor.gate_verifier
         elif verifier is not None and not isinstance(verifier, EditVerifier):
@@ -425,13 +510,17 @@ class RecipeKnowledgeStore:
         self.use_gate = use_gate
         self.gate_margin = float(gate_margin)
         self.candidate_k = candidate_k
-        self._lock = threading.RLock()  # serialises writes and supersession read-modify-writes
+        # serialises writes and supersession read-modify-writes (shared by the store objects
+        # of one directory or collection in this process)
+        self._lock: threading.RLock = threading.RLock()
+        self._path_lock: PathWriteLock | None = None
+        self._deleted: Any | None = None  # the deleted-ids collection, once it exists
         # Serialises encoder calls: a fast tokenizer must not be used by two threads at once.
         self._encode_lock = threading.Lock()
         self._closed = False
         self._sentinel_cache: tuple[str, torch.Tensor] | None = None
         self._stale = False
-        self._queue: WriteBehindQueue | None = None
+        self._own_queue: WriteBehindQueue | None = None  # the queue this store opened (write_behind=True)
         self._writer_lock: WriterLock | None = None
 
         import chromadb  # imported here: no import-time side effects for users who never open a store
@@ -441,13 +530,23 @@ class RecipeKnowledgeStore:
         if client is not None:
             self._client = client
             self.identity = _client_identity(client, self._name)
+            self._lock = _shared_mutex(self.identity)
         elif ephemeral:
             self._client = chromadb.EphemeralClient()
             self.identity = f"chroma:ephemeral#{self._identity_suffix()}"
+            self._lock = _shared_mutex(self.identity)
         else:
-            resolved = Path(path if path is not None else DEFAULT_STORE_PATH).expanduser().resolve()
+            resolved = _checked_store_dir(path if path is not None else DEFAULT_STORE_PATH, read_only)
             self.path = resolved
-            self._client = chromadb.PersistentClient(path=str(resolved))
+            if not read_only:
+                self._path_lock = acquire_path_lock(resolved, timeout=float(lock_timeout))
+                self._lock = self._path_lock.mutex
+            try:
+                self._client = chromadb.PersistentClient(path=str(resolved))
+            except BaseException:
+                if self._path_lock is not None:
+                    self._path_lock.release()
+                raise
             self.identity = f"chroma:persistent:{resolved}#{self._identity_suffix()}"
         try:
             if write_behind:
@@ -461,8 +560,10 @@ class RecipeKnowledgeStore:
                 self._writer_lock = lock
             self._collection = self._open_collection(allow_reindex)
             if write_behind:
-                assert self.path is not None
-                self._queue = WriteBehindQueue(EditJournal(self.path / JOURNAL_FILE, self._name), self._upsert_now)
+                assert self.path is not None and self._path_lock is not None
+                with self._lock:
+                    queue = WriteBehindQueue(EditJournal(self.path / JOURNAL_FILE, self._name), self._upsert_now)
+                    self._path_lock.queues[self._name] = self._own_queue = queue
         except BaseException:
             self._release_client()
             raise
@@ -541,9 +642,14 @@ class RecipeKnowledgeStore:
         current = self.editor.fingerprint
         rep_dim = self.editor.config.rep_dim
         collection = self._get_collection(self._name)
-        if collection is None:
+        if collection is None and not self.read_only:
             collection = self._recover_swap()
         if collection is None:
+            if self.read_only:
+                raise NamespaceNotFoundError(
+                    f"No namespace {self.namespace!r} in {self.identity.split('#')[0]}; a read-only store cannot "
+                    f"create it. Existing namespaces: {self.namespaces() or 'none'}"
+                )
             collection = self._create_collection(self._name, self._collection_metadata(current, rep_dim))
         self._replay_journal(collection)
         meta = dict(collection.metadata or {})
@@ -590,6 +696,9 @@ class RecipeKnowledgeStore:
         """Write journal entries left by a write-behind store that ended before its writer
         caught up (see :mod:`recipe_chain.write_behind`)."""
         if self.path is None or not (self.path / JOURNAL_FILE).is_file():
+            return
+        if self.read_only:
+            logger.info("Read-only store %s leaves any journal entries to the next writer", self.identity)
             return
         lock = None
         if self._writer_lock is None:  # else this store is the namespace's writer
@@ -685,6 +794,14 @@ class RecipeKnowledgeStore:
         if self._closed:
             raise RecipeChainError(f"The knowledge store {self.identity} is closed")
 
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyStoreError(
+                f"The knowledge store {self.identity} was opened with read_only=True; open it without read_only "
+                "to add, update or delete edits"
+            )
+
     def _check_encoder(self) -> None:
         """Raise unless the stored keys were written by ``self.editor`` as it is now."""
         self._check_open()
@@ -701,8 +818,9 @@ class RecipeKnowledgeStore:
         """Before a write: re-read the collection and check nobody reindexed it meanwhile."""
         fresh = self._get_collection(self._name)
         if fresh is None:
-            raise RecipeChainError(
-                f"The collection of {self.identity} was deleted after the store was opened; reopen the store"
+            raise NamespaceNotFoundError(
+                f"Namespace {self.namespace!r} of {self.identity.split('#')[0]} was deleted while this store was "
+                "open (by another client or process). Open a new store to start it afresh."
             )
         meta = fresh.metadata or {}
         stored, pending = meta.get(_C_FINGERPRINT), meta.get(_C_REINDEX_TARGET)
@@ -770,6 +888,11 @@ class RecipeKnowledgeStore:
             if type(exc) not in (TypeError, ValueError):
                 raise  # e.g. DuplicateEditError: its own message is clear
             raise type(exc)(f"Edit record {index}: {exc}") from exc
+
+    def _check_targets(self, targets: Sequence[str]) -> None:
+        """Refuse a target the knowledge encoder mostly cannot read (see :mod:`recipe_chain.edit_text`)."""
+        with self._encode_lock:  # a fast tokenizer must not be used by two threads at once
+            check_targets_visible(self.editor.encoder.tokenizer, targets)
 
     def _check_lengths(self, statements: Sequence[str], editor: RecipeEditor | None = None) -> None:
         """Raise ``ValueError`` naming the first statement the encoder would reject as too long."""
@@ -865,9 +988,12 @@ class RecipeKnowledgeStore:
             ValueError: For empty text, or a statement longer than the encoder accepts.
             DuplicateEditError: If ``edit_id`` is already used in this namespace.
             EncoderMismatchError: If the store needs a reindex.
+            ReadOnlyStoreError: If the store was opened with ``read_only=True``.
         """
+        self._check_writable()
         self._check_encoder()
         item = self._prepare(prompt, target_new, subject, metadata, edit_id)
+        self._check_targets([item.target_new])
         keys = self._encode_statements(self.editor, [item.statement])  # (1, d); raises ValueError if too long
         return self._write_batch([item], keys)[0]
 
@@ -899,6 +1025,7 @@ class RecipeKnowledgeStore:
             TypeError, ValueError, DuplicateEditError, EncoderMismatchError: As
                 :meth:`add_edit`; the message names the record's index.
         """
+        self._check_writable()
         if isinstance(records, (str, bytes, Mapping)):
             raise TypeError("records must be an iterable of edit mappings or EditExample objects")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -909,6 +1036,7 @@ class RecipeKnowledgeStore:
             return []
         self._check_ids_free(items)
         self._check_lengths([it.statement for it in items])
+        self._check_targets([it.target_new for it in items])
         from tqdm.auto import tqdm
 
         show = len(items) >= _PROGRESS_THRESHOLD if progress is None else bool(progress)
@@ -941,6 +1069,37 @@ class RecipeKnowledgeStore:
             raise DuplicateEditError(
                 f"edit_id {taken[0]!r} is already used in namespace {self.namespace!r} of {self.identity}"
             )
+
+
+    def _deleted_collection(self, *, create: bool = False) -> Any | None:
+        """The side collection of this namespace's deleted ids (``None`` before the first delete)."""
+        if self._deleted is None:
+            name = self._name + _DELETED_SUFFIX
+            self._deleted = self._get_collection(name)
+            if self._deleted is None and create:
+                self._deleted = self._client.get_or_create_collection(
+                    name, metadata={"recipe_chain.deleted_ids_of": self._name}, embedding_function=None
+                )
+        return self._deleted
+
+    def _deleted_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` belonged to deleted edits (ids are never reused)."""
+        deleted = self._deleted_collection()
+        if deleted is None or not ids:
+            return set()
+        found: set[str] = set()
+        for start in range(0, len(ids), _MAX_HITS_PER_QUERY_CALL):
+            found.update(deleted.get(ids=list(ids[start : start + _MAX_HITS_PER_QUERY_CALL]), include=[])["ids"])
+        return found
+
+    def _remember_deleted(self, ids: Sequence[str]) -> None:
+        """Record ``ids`` as used for good, before their records are deleted (a crash in
+        between leaves an id both stored and remembered: still never reused)."""
+        deleted = self._deleted_collection(create=True)
+        assert deleted is not None
+        for start in range(0, len(ids), _PAGE):
+            chunk = list(ids[start : start + _PAGE])
+            deleted.upsert(ids=chunk, embeddings=np.ones((len(chunk), 1), dtype=np.float32))
 
     def _existing_ids(self, ids: Sequence[str]) -> list[str]:
         overlay = self._overlay()
@@ -996,11 +1155,15 @@ class RecipeKnowledgeStore:
             got: dict[str, _Stored] = {}
             for start in range(0, len(ids), _MAX_HITS_PER_QUERY_CALL):
                 got.update(self._fetch(ids[start : start + _MAX_HITS_PER_QUERY_CALL], keys=True))
+            deleted = self._deleted_ids(ids)
             further: dict[str, int] = {}
             for norm, first in probe.items():
                 for v, edit_id in enumerate(windows[norm], start=first):
                     stored = got.get(edit_id)
                     if stored is None:
+                        if edit_id in deleted:  # a deleted version still holds its number
+                            next_free[norm] = v + 1
+                            further[norm] = first + _VERSION_WINDOW
                         continue
                     next_free[norm] = v + 1
                     further[norm] = first + _VERSION_WINDOW
@@ -1024,6 +1187,7 @@ class RecipeKnowledgeStore:
         if keys.shape != (len(items), self.editor.config.rep_dim):
             raise ValueError(f"Expected keys of shape ({len(items)}, {self.editor.config.rep_dim}), got {tuple(keys.shape)}")
         keys = keys.detach().to("cpu", torch.float32).contiguous()
+        self._check_writable()
         with self._lock:
             self._check_encoder()
             self._verify_collection()
@@ -1142,6 +1306,7 @@ class RecipeKnowledgeStore:
                 edit was superseded (update the active edit instead).
             TypeError: If ``target_new`` is not a str.
         """
+        self._check_writable()
         self._check_encoder()
         target_new = _check_text(target_new, "target_new")
         with self._lock:
@@ -1156,6 +1321,7 @@ class RecipeKnowledgeStore:
                 )
             if meta.get(_TARGET) == target_new:
                 return self._record(stored.edit_id, meta, stored.document)
+            self._check_targets([target_new])
             statement = statement_of(str(meta[_PROMPT]), target_new)
             keys = self._encode_statements(self.editor, [statement])  # (1, d)
             changes = {
@@ -1191,7 +1357,7 @@ class RecipeKnowledgeStore:
             EditNotFoundError: If an id is unknown.
             TypeError: If ``edit_ids`` is a str or holds non-strings.
         """
-        self._check_open()
+        self._check_writable()
         if isinstance(edit_ids, (str, bytes)):
             raise TypeError("edit_ids must be a sequence of ids, not a single str")
         ids = list(dict.fromkeys(_check_edit_id(i) for i in edit_ids))
@@ -1200,17 +1366,23 @@ class RecipeKnowledgeStore:
             found = self._fetch(ids)
             missing = [i for i in ids if i not in found]
             if missing:
+                gone = " (it was deleted before)" if missing[0] in self._deleted_ids(missing[:1]) else ""
                 raise EditNotFoundError(
-                    f"No edit {missing[0]!r} in namespace {self.namespace!r} of {self.identity}"
+                    f"No edit {missing[0]!r} in namespace {self.namespace!r} of {self.identity}{gone}"
                     + (f" (and {len(missing) - 1} more unknown ids)" if len(missing) > 1 else "")
                     + "; nothing was deleted"
                 )
             records = {i: self._record(i, found[i].meta, found[i].document) for i in ids}
-            simple = [i for i in ids if not records[i].previous_targets]  # no edit can point at these
+            self._remember_deleted(ids)
+
+            def linked(record: EditRecord) -> bool:  # superseded others, or was superseded
+                return bool(record.previous_targets) or not record.active
+
+            simple = [i for i in ids if not linked(records[i])]  # no edit points at these, nor they at one
             for start in range(0, len(simple), _PAGE):
                 self._collection.delete(ids=simple[start : start + _PAGE])
             for edit_id in ids:
-                if records[edit_id].previous_targets:
+                if linked(records[edit_id]):
                     # Re-read it: deleting an earlier id of this call may have re-activated or relinked it.
                     now = self._fetch([edit_id])[edit_id]
                     records[edit_id] = self._record(edit_id, now.meta, now.document)
@@ -1230,17 +1402,35 @@ class RecipeKnowledgeStore:
             else:
                 changes = {_SUPERSEDED_BY: record.superseded_by}
             self._collection.update(ids=predecessors, metadatas=[dict(changes) for _ in predecessors])
+        if not record.active:
+            self._drop_from_successors(record)
         self._collection.delete(ids=[record.edit_id])
+
+    def _drop_from_successors(self, record: EditRecord) -> None:
+        """Remove a deleted, superseded edit's target from the ``previous_targets`` of the
+        versions after it (its target sits at position ``len(record.previous_targets)``)."""
+        position, successor, seen = len(record.previous_targets), record.superseded_by, set()
+        while successor and successor not in seen:
+            seen.add(successor)
+            stored = self._fetch([successor]).get(successor)
+            if stored is None:
+                break
+            previous = json.loads(stored.meta.get(_PREVIOUS) or "[]")
+            if position < len(previous) and previous[position] == record.target_new:
+                del previous[position]
+                self._collection.update(ids=[successor], metadatas=[{_PREVIOUS: json.dumps(previous)}])
+            successor = stored.meta.get(_SUPERSEDED_BY)
 
     def clear(self) -> None:
         """Delete every edit of this namespace (the collection and its settings stay)."""
-        self._check_open()
+        self._check_writable()
         with self._lock:
             self._settle()
             while True:
                 ids = self._collection.get(include=[], limit=_PAGE)["ids"]
                 if not ids:
                     break
+                self._remember_deleted(ids)
                 self._collection.delete(ids=ids)
         logger.info("Cleared %s", self.identity)
 
@@ -1391,12 +1581,21 @@ class RecipeKnowledgeStore:
             hits: dict[int, tuple[list[str], list[Any], Any]] = {}  # query -> (ids, metadatas, embeddings)
             for c in range(0, len(pending), chunk):
                 part = pending[c : c + chunk]
-                res = self._collection.query(
-                    query_embeddings=reps[part].numpy(),
-                    n_results=n_results,
-                    where={_ACTIVE: True} if filtered else None,
-                    include=include,
-                )
+                try:
+                    res = self._collection.query(
+                        query_embeddings=reps[part].numpy(),
+                        n_results=n_results,
+                        where={_ACTIVE: True} if filtered else None,
+                        include=include,
+                    )
+                except Exception as exc:  # noqa: BLE001 - only Chroma's index-behind errors are translated
+                    if not any(sign in str(exc) for sign in _STALE_INDEX_ERRORS):
+                        raise
+                    raise StoreBusyError(
+                        f"Chroma's vector index of {self.identity} is behind its records: another process is "
+                        "writing the store, and this process cannot search it until that one closes it. Gate "
+                        "from the writing process, or retry once it has closed the store."
+                    ) from exc
                 for j, qi in enumerate(part):
                     hits[qi] = (res["ids"][j], res["metadatas"][j], res["embeddings"][j])
             retry: list[int] = []
@@ -1555,6 +1754,7 @@ class RecipeKnowledgeStore:
             ValueError: If a statement is too long for the new encoder (nothing changes).
             TypeError: If ``new_editor`` is not a RecipeEditor.
         """
+        self._check_writable()
         if not isinstance(new_editor, RecipeEditor):
             raise TypeError(f"new_editor must be a RecipeEditor, got {type(new_editor).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -1663,14 +1863,20 @@ class RecipeKnowledgeStore:
             if self._closed:
                 return
             self._closed = True
-            if self._queue is not None:
-                self._queue.close()
+            if self._own_queue is not None:
+                assert self._path_lock is not None
+                self._own_queue.close()
+                self._path_lock.queues.pop(self._name, None)
+                self._own_queue = None
             self._release_client()
 
     def _release_client(self) -> None:
         if self._writer_lock is not None:
             self._writer_lock.release()
             self._writer_lock = None
+        if self._path_lock is not None:
+            self._path_lock.release()
+            self._path_lock = None
         if self._owns_client:
             closer = getattr(self._client, "close", None)
             if callable(closer):
@@ -1678,6 +1884,22 @@ class RecipeKnowledgeStore:
                     closer()
                 except Exception:  # pragma: no cover - best effort
                     logger.debug("Closing the Chroma client failed", exc_info=True)
+
+    @property
+    def _queue(self) -> WriteBehindQueue | None:
+        """The write-behind queue of this namespace in this process (this store's or another
+        store object's on the same path): writes go through it, reads see its overlay."""
+        if self.path is None:
+            return None
+        return shared_queue(self.path, self._name)
+
+    @property
+    def _collection(self) -> Any:
+        return self._guarded
+
+    @_collection.setter
+    def _collection(self, collection: Any) -> None:
+        self._guarded = _NamespaceGuard(collection, self.namespace, getattr(self, "identity", self._name))
 
     def __enter__(self) -> RecipeKnowledgeStore:
         return self
@@ -1688,6 +1910,47 @@ class RecipeKnowledgeStore:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("needs reindex" if self._stale else "open")
         return f"RecipeKnowledgeStore({self.identity!r}, {state})"
+
+
+_SHARED_MUTEXES: dict[str, threading.RLock] = {}  # identity -> write lock of an ephemeral / client store
+_SHARED_MUTEXES_LOCK = threading.Lock()
+
+
+def _shared_mutex(identity: str) -> threading.RLock:
+    """The write lock shared by this process's store objects on one collection of a client."""
+    with _SHARED_MUTEXES_LOCK:
+        return _SHARED_MUTEXES.setdefault(identity, threading.RLock())
+
+
+def _checked_store_dir(path: str | os.PathLike[str], read_only: bool) -> Path:
+    """The resolved store directory, created if missing (unless ``read_only``).
+
+    Raises:
+        StorePathError: If it is a file, or a directory this process cannot write (a
+            read-only open still needs to write: Chroma opens its database read-write).
+    """
+    resolved = Path(path).expanduser().resolve()
+    if resolved.exists() and not resolved.is_dir():
+        raise StorePathError(
+            f"The store path {resolved} is a file, not a directory. Pass the directory that holds the store "
+            "(or a new one to create it)."
+        )
+    if not resolved.exists():
+        if read_only:
+            raise StorePathError(f"No store at {resolved}: a read-only store must already exist. Check the path.")
+        try:
+            resolved.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorePathError(
+                f"Cannot create the store directory {resolved} ({exc.strerror}). Choose a path you can write."
+            ) from None
+    if not os.access(resolved, os.W_OK | os.X_OK):
+        raise StorePathError(
+            f"The store directory {resolved} is not writable by this process. Chroma writes to its database even to "
+            "read it, so also read_only=True needs write access: fix the permissions or copy the store to a "
+            "writable place."
+        )
+    return resolved
 
 
 def _translate_where(where: object) -> dict[str, Any]:

@@ -571,11 +571,18 @@ def test_generated_ids_are_fact_versions_and_supersession_needs_no_metadata_scan
     newest = store.add_edit("The capital of France is", "Paris")
     assert newest.edit_id == store_module.fact_version_id(norm, 24)
     assert newest.previous_targets[-1] == "T19" and store.get_edit(many[-1].edit_id).superseded_by == newest.edit_id
+    # the deleted versions' targets left the history of the versions after them
+    assert newest.previous_targets == ["Rome", "Lyon", "Nice", "Metz", "T0", "T1"] + [f"T{i}" for i in range(12, 20)]
     assert store.count() == 2
-    # Undoing the newest edit frees its id for the next edit of the fact (documented).
+    # Undoing the newest edit keeps its id used: the next edit of the fact gets a new one,
+    # and a stale delete of the old id cannot hit it.
     store.delete_edit(newest.edit_id)
     assert store.get_edit(many[-1].edit_id).active
-    assert store.add_edit("The capital of France is", "Lille").edit_id == newest.edit_id
+    lille = store.add_edit("The capital of France is", "Lille")
+    assert lille.edit_id == store_module.fact_version_id(norm, 25)
+    with pytest.raises(EditNotFoundError, match="deleted before"):
+        store.delete_edit(newest.edit_id)
+    assert store.get_edit(lille.edit_id).active and store.count() == 2
 
 
 def test_an_explicit_id_switches_the_namespace_to_metadata_lookups(

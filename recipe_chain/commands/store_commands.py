@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from recipe_chain.commands.argtypes import positive_int
+from recipe_chain.commands.terminal import terminal_safe
 from recipe_chain.data import DATA_FORMATS, iter_records, load_edit_examples
 from recipe_chain.demo import DemoReport, load_models, run_demo
-from recipe_chain.errors import RecipeChainError
+from recipe_chain.errors import RecipeChainError, StoreBusyError
 
 __all__ = ["register", "open_store", "load_models", "format_table", "format_demo_report"]
 
@@ -32,8 +33,14 @@ SERVER_TOKEN_ENV = "RECIPE_CHAIN_SERVER_TOKEN"
 
 
 # ---------------------------------------------------------------------------- helpers
-def open_store(args: argparse.Namespace, editor: Any) -> Any:
+def open_store(args: argparse.Namespace, editor: Any, *, reading: bool = False) -> Any:
     """Open the :class:`~recipe_chain.store.RecipeKnowledgeStore` the global options name.
+
+    Args:
+        args: The parsed command line.
+        editor: The RECIPE editor.
+        reading: The command only reads (``list``, ``ask``): when another process writes
+            an embedded store, open it read-only instead of failing.
 
     Raises:
         ValueError: If both ``--store`` and ``--server`` are given, or the URL is bad.
@@ -55,7 +62,12 @@ def open_store(args: argparse.Namespace, editor: Any) -> Any:
         except Exception as exc:  # chromadb raises assorted errors for an unreachable server
             raise RecipeChainError(f"Cannot reach the Chroma server at {server}: {exc}") from exc
         return RecipeKnowledgeStore(editor, client=client, namespace=namespace)
-    return RecipeKnowledgeStore(editor, path=path or DEFAULT_STORE_PATH, namespace=namespace)
+    try:
+        return RecipeKnowledgeStore(editor, path=path or DEFAULT_STORE_PATH, namespace=namespace)
+    except StoreBusyError:
+        if not reading:
+            raise
+        return RecipeKnowledgeStore(editor, path=path or DEFAULT_STORE_PATH, namespace=namespace, read_only=True)
 
 
 def _check_store_options(args: argparse.Namespace) -> None:
@@ -132,9 +144,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
         record = store.add_edit(prompt, target, subject=args.subject, edit_id=args.id)
     finally:
         store.close()
-    print(f"Added edit {record.edit_id}: {record.statement}")
+    print(f"Added edit {terminal_safe(record.edit_id)}: {terminal_safe(record.statement)}")
     if record.previous_targets:
-        print(f"  (replaces earlier target(s) of the same fact: {', '.join(record.previous_targets)})")
+        earlier = ", ".join(terminal_safe(t) for t in record.previous_targets)
+        print(f"  (replaces earlier target(s) of the same fact: {earlier})")
     return 0
 
 
@@ -143,7 +156,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     question = _non_empty(args.question, "QUESTION")
     models = _models(args)
-    store = open_store(args, models.editor)
+    store = open_store(args, models.editor, reading=True)
     try:
         llm = RecipeEditedLLM(
             store=store, llm=models.llm, tokenizer=models.tokenizer, editor=models.editor,
@@ -153,14 +166,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
     finally:
         store.close()
     info = generation.generation_info or {}
-    print(generation.text.strip() or "(empty answer)")
+    print(terminal_safe(generation.text.strip(), keep_newlines=True) or "(empty answer)")
     print("--")
     hit, sentinel = info.get("hit_similarity"), info.get("sentinel_similarity")
     margin = info.get("margin") or 0.0
     threshold = f"sentinel {sentinel:.3f}" + (f" + margin {margin:.3f}" if margin else "") if sentinel is not None else ""
     prob, tau = info.get("verifier_probability"), info.get("verifier_threshold")
     if info.get("edit_fired"):
-        print(f"edit fired: {info.get('edit_id')}  \"{info.get('statement')}\"")
+        print(f"edit fired: {terminal_safe(str(info.get('edit_id')))}  \"{terminal_safe(str(info.get('statement')))}\"")
         if not info.get("gated", True):
             print(f"  similarity {hit:.3f} (gate off)")
         elif tau is not None:
@@ -180,7 +193,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     models = _models(args)
-    store = open_store(args, models.editor)
+    store = open_store(args, models.editor, reading=True)
     try:
         records = store.list_edits(limit=args.limit, include_inactive=args.all)
         total = store.count(include_inactive=args.all)
@@ -189,14 +202,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         store.close()
     kind = "edits" if args.all else "active edits"
     if not records:
-        print(f"No {kind} in {identity}")
+        print(f"No {kind} in {terminal_safe(identity)}")
         return 0
     rows = [
-        [r.edit_id, "yes" if r.active else f"no -> {r.superseded_by}", r.statement, r.created_at[:19]]
+        [terminal_safe(s) for s in (r.edit_id, "yes" if r.active else f"no -> {r.superseded_by}", r.statement)]
+        + [r.created_at[:19]]
         for r in records
     ]
     print(format_table(["ID", "ACTIVE", "STATEMENT", "CREATED (UTC)"], rows, [40, 30, 70, 19]))
-    print(f"{len(records)} of {total} {kind} in {identity}")
+    print(f"{len(records)} of {total} {kind} in {terminal_safe(identity)}")
     return 0
 
 
@@ -208,7 +222,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         record = store.delete_edit(edit_id)
     finally:
         store.close()
-    print(f"Deleted edit {record.edit_id}: {record.statement}")
+    print(f"Deleted edit {terminal_safe(record.edit_id)}: {terminal_safe(record.statement)}")
     return 0
 
 
@@ -231,7 +245,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     finally:
         store.close()
     fmt = examples[0].source_format
-    print(f"Imported {len(records)} edits ({fmt}) from {path} into {identity}")
+    print(f"Imported {len(records)} edits ({fmt}) from {terminal_safe(str(path))} into {terminal_safe(identity)}")
     if skipped:
         print(f"WARNING: skipped {skipped} invalid record(s) of {considered} (each is logged above)")
     return 0
