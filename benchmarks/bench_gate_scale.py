@@ -164,7 +164,7 @@ class Encoded:
         return torch.stack([cached[t] for t in texts]) if texts else torch.zeros(0)
 
     def queries(self, texts: list[str]) -> torch.Tensor:
-        return self._encode("q-int8" if self.editor.int8_queries else "q-float32", texts)
+        return self._encode("q-int8-per-token" if self.editor.int8_queries else "q-float32", texts)
 
     def keys(self, texts: list[str]) -> torch.Tensor:
         return self._encode("k", texts)

@@ -70,7 +70,7 @@ def torch_default_int8_layers(editor: Any) -> Iterator[None]:
 
     from recipe_chain import compiled_backbone
 
-    def torch_layer(weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Module:
+    def torch_layer(weight: torch.Tensor, bias: torch.Tensor, per_token: bool = False) -> torch.nn.Module:
         scales = (weight.abs().amax(dim=1) / 127.5).clamp_min(1e-12).double()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -108,7 +108,9 @@ class _FlatBert(nn.Module):
     With ``paired``: ``-> (2B, T, H)``, rows ``[:B]`` with the adapters, ``[B:]`` without.
     """
 
-    def __init__(self, backbone: BertModel, adapters: bool, paired: bool = False, int8: bool = False) -> None:
+    def __init__(
+        self, backbone: BertModel, adapters: bool, paired: bool = False, int8: bool = False, per_token: bool = False
+    ) -> None:
         super().__init__()
         self.paired = paired
         merged = adapters and not paired  # paired: base weights here, adapters in self.adapter
@@ -138,7 +140,7 @@ class _FlatBert(nn.Module):
             for name, layers in projections.items():
                 parts = [_linear_weights(linear, merged) for linear in layers]
                 getattr(self, name).append(
-                    _frozen_linear(torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts]), int8)
+                    _frozen_linear(torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts]), int8, per_token)
                 )
                 if paired:
                     self.adapter[f"{name}_{i}"] = _low_rank(layers)
@@ -174,10 +176,10 @@ class _FlatBert(nn.Module):
         return x
 
 
-def _frozen_linear(weight: torch.Tensor, bias: torch.Tensor, int8: bool = False) -> nn.Module:
+def _frozen_linear(weight: torch.Tensor, bias: torch.Tensor, int8: bool = False, per_token: bool = False) -> nn.Module:
     """An inference-only linear layer; with ``int8``, one with int8 weights (see :func:`_int8_linear`)."""
     if int8:
-        return _int8_linear(weight, bias)
+        return _int8_linear(weight, bias, per_token)
     layer = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
         layer.weight.copy_(weight)
@@ -223,9 +225,36 @@ class _Int8DynamicLinear(nn.Module):
         return torch.ops.quantized.linear_dynamic(x, self.packed, False)
 
 
-def _int8_linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
-    """An :class:`_Int8DynamicLinear` of ``weight (out, in)`` and ``bias (out,)``."""
-    return _Int8DynamicLinear(weight, bias)
+class _Int8TokenLinear(nn.Module):
+    """``(..., in) -> (..., out)``: int8 weights per output channel and int8 activations
+    with one scale per token (row), multiplied exactly in int32.
+
+    Half the error of one scale per call on the shipped MiniLM's query representations
+    (mean relative error 0.045 vs 0.086 against float32), because a token with a large
+    outlier no longer coarsens every other token's steps; about 2 ms slower per query.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12)  # (out,)
+        qweight = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)  # (out, in)
+        self.register_buffer("qweight_t", qweight.t().contiguous())  # (in, out)
+        self.register_buffer("weight_scale", (scales / 127.0).float())  # (out,): also undoes the activations' 127
+        self.register_buffer("bias", bias.detach().float().clone())  # (out,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])  # (N, in)
+        peak = torch.linalg.vector_norm(rows, ord=float("inf"), dim=1, keepdim=True).clamp_min(1e-12)  # (N, 1)
+        quantised = (rows * (127.0 / peak)).round_().to(torch.int8)  # (N, in)
+        product = torch._int_mm(quantised, self.qweight_t)  # (N, out), int32, exact
+        out = torch.addcmul(self.bias, product.float(), peak * self.weight_scale)  # (N, out)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _int8_linear(weight: torch.Tensor, bias: torch.Tensor, per_token: bool = False) -> nn.Module:
+    """An int8 layer of ``weight (out, in)`` and ``bias (out,)``: activation scales per
+    token (:class:`_Int8TokenLinear`) or per call (:class:`_Int8DynamicLinear`)."""
+    return _Int8TokenLinear(weight, bias) if per_token else _Int8DynamicLinear(weight, bias)
 
 
 def _copy_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
@@ -252,6 +281,8 @@ class CompiledBertBackbone:
             are no longer equal to Hugging Face's up to rounding; see
             ``benchmarks/results/int8_queries.md``). Embeddings, layer norms and LoRA
             adapter terms stay float32.
+        per_token: With ``int8``, quantise activations with one scale per token instead
+            of one per call: half the error, about 2 ms more per query on a small CPU.
 
     Raises:
         ValueError: For an unsupported backbone or one not on the CPU.
@@ -262,13 +293,19 @@ class CompiledBertBackbone:
     """
 
     def __init__(
-        self, backbone: PreTrainedModel, *, adapters: bool = True, paired: bool = False, int8: bool = False
+        self,
+        backbone: PreTrainedModel,
+        *,
+        adapters: bool = True,
+        paired: bool = False,
+        int8: bool = False,
+        per_token: bool = False,
     ) -> None:
         if not supports(backbone):
             raise ValueError(f"CompiledBertBackbone reproduces BertModel only; got {type(backbone).__name__}")
         if backbone.device.type != "cpu":
             raise ValueError(f"CompiledBertBackbone runs on the CPU; the backbone is on {backbone.device}")
-        flat = _FlatBert(backbone, adapters, paired, int8).eval()
+        flat = _FlatBert(backbone, adapters, paired, int8, per_token).eval()
         self.paired = paired
         self.int8 = int8
         example = (torch.tensor([[101, 2023, 102]]), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))

@@ -162,8 +162,8 @@ class KnowledgeEncoder(nn.Module):
         self.compiled_inference = True
         self.int8_queries = True
         self.int8_statements = False
-        # ("adapters" / "base" / "paired" (both in one pass), int8) -> (weights stamp, graph)
-        self._compiled: dict[tuple[str, bool], tuple[tuple[int, ...], CompiledBertBackbone]] = {}
+        # ("adapters" / "base" / "paired" (both in one pass), int8, per-token scales) -> (weights stamp, graph)
+        self._compiled: dict[tuple[str, bool, bool], tuple[tuple[int, ...], CompiledBertBackbone]] = {}
         self.prompt_code_from_base = prompt_code_from_base
         self._backbone_params: list[nn.Parameter] | None = None  # listed once: walking the modules costs ~1 ms
         # LoRA is applied before the encoder is built (RecipeEditor does), so this is fixed
@@ -274,7 +274,9 @@ class KnowledgeEncoder(nn.Module):
                     f"Shorten it (a statement is '<prompt> <target_new>'). Text: {texts[i][:80]!r}"
                 )
 
-    def features(self, batch: dict[str, torch.Tensor], *, adapters: bool = True, int8: bool = False) -> torch.Tensor:
+    def features(
+        self, batch: dict[str, torch.Tensor], *, adapters: bool = True, int8: bool = False, per_token: bool = False
+    ) -> torch.Tensor:
         """``(B, 4H)`` or ``(B, 5H)`` pooled backbone features of a tokenized batch.
 
         Args:
@@ -282,8 +284,9 @@ class KnowledgeEncoder(nn.Module):
             adapters: ``False`` runs the backbone without its LoRA adapters (no gradient
                 reaches them then).
             int8: Use the int8 compiled backbone where a compiled one is used.
+            per_token: With ``int8``, activation scales per token.
         """
-        compiled = self._compiled_backbone("adapters" if adapters else "base", int8=int8)
+        compiled = self._compiled_backbone("adapters" if adapters else "base", int8=int8, per_token=per_token)
         if compiled is not None:
             hidden = self._run_compiled(compiled, batch)  # (B, T, H)
         elif adapters:
@@ -350,13 +353,14 @@ class KnowledgeEncoder(nn.Module):
         return "int8" if compiled is not None and compiled.int8 else "float32"
 
     def _compiled_backbone(
-        self, mode: Literal["adapters", "base", "paired"], *, int8: bool = False
+        self, mode: Literal["adapters", "base", "paired"], *, int8: bool = False, per_token: bool = False
     ) -> CompiledBertBackbone | None:
         """The compiled backbone for this call, or ``None`` to run the Hugging Face forward.
 
         Args:
             mode: ``"adapters"``, ``"base"`` (adapters off) or ``"paired"`` (both in one pass).
             int8: The int8 graph (float32 if int8 compiling failed before).
+            per_token: With ``int8``, activation scales per token (queries).
         """
         usable = (
             self.compiled_inference
@@ -372,11 +376,12 @@ class KnowledgeEncoder(nn.Module):
             self._backbone_params = list(self.backbone.parameters())
         stamp = weights_stamp(self._backbone_params)
         int8 = int8 and not self._int8_failed
-        cached = self._compiled.get((mode, int8))
+        per_token = per_token and int8
+        cached = self._compiled.get((mode, int8, per_token))
         if cached is None or cached[0] != stamp:
             try:
                 compiled = CompiledBertBackbone(
-                    self.backbone, adapters=mode != "base", paired=mode == "paired", int8=int8
+                    self.backbone, adapters=mode != "base", paired=mode == "paired", int8=int8, per_token=per_token
                 )
             except Exception:  # noqa: BLE001 - any failure only costs speed
                 if int8:
@@ -387,7 +392,7 @@ class KnowledgeEncoder(nn.Module):
                 self._compile_failed = True
                 return None
             cached = (stamp, compiled)
-            self._compiled[(mode, int8)] = cached
+            self._compiled[(mode, int8, per_token)] = cached
         return cached[1]
 
     def _last_content_index(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -434,4 +439,5 @@ class KnowledgeEncoder(nn.Module):
     def encode_query_batch(self, texts: list[str]) -> torch.Tensor:
         """``(B, rep_dim)`` query representations, with gradients."""
         batch = self.tokenize(self.query_windows(texts))
-        return self.queries_from_features(self.features(batch, int8=bool(self.int8_queries)))
+        int8 = bool(self.int8_queries)
+        return self.queries_from_features(self.features(batch, int8=int8, per_token=int8))

@@ -1072,14 +1072,25 @@ class RecipeKnowledgeStore:
 
 
     def _deleted_collection(self, *, create: bool = False) -> Any | None:
-        """The side collection of this namespace's deleted ids (``None`` before the first delete)."""
-        if self._deleted is None:
-            name = self._name + _DELETED_SUFFIX
+        """The side collection of this namespace's deleted ids (``None`` before the first delete).
+
+        A directory's writer remembers it in the directory lock (no other process can
+        create it meanwhile), which saves a Chroma lookup on every write.
+        """
+        if self._deleted is not None:
+            return self._deleted
+        known = self._path_lock.deleted_ids if self._path_lock is not None else None
+        name = self._name + _DELETED_SUFFIX
+        if known is not None and self._name in known:
+            self._deleted = known[self._name]
+        else:
             self._deleted = self._get_collection(name)
-            if self._deleted is None and create:
-                self._deleted = self._client.get_or_create_collection(
-                    name, metadata={"recipe_chain.deleted_ids_of": self._name}, embedding_function=None
-                )
+        if self._deleted is None and create:
+            self._deleted = self._client.get_or_create_collection(
+                name, metadata={"recipe_chain.deleted_ids_of": self._name}, embedding_function=None
+            )
+        if known is not None:
+            known[self._name] = self._deleted
         return self._deleted
 
     def _deleted_ids(self, ids: Sequence[str]) -> set[str]:

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from recipe_chain.errors import StoreBusyError
 
@@ -49,11 +49,14 @@ class PathWriteLock:
         mutex: Serialises writes of every store object on ``path`` in this process.
         queues: Collection name -> the write-behind queue of the store that opened it with
             ``write_behind=True``; every store object of that collection writes through it.
+        deleted_ids: Collection name -> its deleted-ids collection, or ``None`` while it
+            has none (only this process can create one while it holds the lock).
     """
 
     path: Path
     mutex: threading.RLock = field(default_factory=threading.RLock)
     queues: dict[str, WriteBehindQueue] = field(default_factory=dict)
+    deleted_ids: dict[str, Any] = field(default_factory=dict)
     _fd: int | None = None
     _holders: int = 0
 

@@ -97,11 +97,11 @@ def test_encoder_recompiles_after_a_weight_changes(bert) -> None:
     encoder = _encoder(_with_trained_lora(model), tokenizer)
     with torch.no_grad():
         before = encoder.features(encoder.tokenize(TEXTS))
-        first = encoder._compiled[("adapters", False)][1]
+        first = encoder._compiled[("adapters", False, False)][1]
         lora_b = next(p for n, p in encoder.backbone.named_parameters() if n.endswith("lora_b"))
         lora_b.add_(0.5)  # as an optimizer step would
         after = encoder.features(encoder.tokenize(TEXTS))
-    assert encoder._compiled[("adapters", False)][1] is not first
+    assert encoder._compiled[("adapters", False, False)][1] is not first
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, _hf_features(encoder, TEXTS), rtol=1e-4, atol=1e-5)
 
@@ -246,8 +246,12 @@ def test_encoder_int8_features(bert, monkeypatch, caplog) -> None:
     with torch.no_grad():
         exact = encoder.features(encoder.tokenize(TEXTS))
         quantised = encoder.features(encoder.tokenize(TEXTS), int8=True)
-    assert encoder._compiled[("adapters", True)][1].int8 and not encoder._compiled[("adapters", False)][1].int8
+    assert encoder._compiled[("adapters", True, False)][1].int8 and not encoder._compiled[("adapters", False, False)][1].int8
     assert 1e-4 < _relative_error(quantised, exact) < 0.05
+    with torch.no_grad():  # activation scales per token: closer to float32 than one scale per call
+        per_token = encoder.features(encoder.tokenize(TEXTS), int8=True, per_token=True)
+    assert encoder._compiled[("adapters", True, True)][1].int8
+    assert 1e-5 < _relative_error(per_token, exact) < _relative_error(quantised, exact)
     # int8 kernels missing: the float32 graph, with a warning, and no retry on every call
     encoder._compiled.clear()
     original = CompiledBertBackbone.__init__
