@@ -389,10 +389,10 @@ class RecipeEditor(nn.Module):
     def int8_queries(self) -> bool:
         """Encode queries with int8 MiniLM weights on a CPU (:attr:`KnowledgeEncoder.int8_queries`).
 
-        ``True`` by default: a query encodes in about half the float32 time on a small
-        CPU, and on the benchmark's 1,000 CounterFact edits the gate made the same
-        decision as with float32 queries for 99 % of gated texts (see
-        ``benchmarks/results/int8_queries.md``). ``False`` encodes queries in float32. Statements, hence a store's keys and
+        ``True`` by default: a query encodes in about 70 % of the float32 time on a small
+        CPU, and the gate's false fires and admissions stayed those of float32 queries
+        (``benchmarks/results/gate_scale-int8-queries.md``). ``False`` encodes queries in
+        float32. Statements, hence a store's keys and
         prompt vectors, are not affected (see :attr:`int8_statements`), so the switch can
         be flipped on an existing store. It applies where the compiled backbone does (a
         BERT backbone, on a CPU, outside training).

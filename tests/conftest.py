@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny import tiny_llm
+from tiny import tiny_editor, tiny_llm
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +19,11 @@ def llm():  # noqa: ANN201
 def backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where a module's tiny backbone is saved (once per module)."""
     return tmp_path_factory.mktemp("tiny-backbone")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(llm, backbone_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+    """A tiny editor saved as a checkpoint, so a child process loads the very same networks."""
+    path = tmp_path_factory.mktemp("ckpt") / "editor"
+    tiny_editor(llm, backbone_dir, seed=0).save_pretrained(path)
+    return path

@@ -38,12 +38,6 @@ pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[1]
 STRESS_SECONDS = float(os.environ.get("RECIPE_CHAIN_STRESS_SECONDS", "5"))
-@pytest.fixture(scope="module")
-def checkpoint(llm, backbone_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
-    """A tiny editor saved as a checkpoint, so a child process loads the very same networks."""
-    path = tmp_path_factory.mktemp("ckpt") / "editor"
-    tiny_editor(llm, backbone_dir, seed=0).save_pretrained(path)
-    return path
 
 
 def _run_child(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -7,11 +7,13 @@ The multi-process fault test lives in ``test_store_writers.py``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -220,13 +222,24 @@ HOLDER = textwrap.dedent(
 )
 
 
+@contextlib.contextmanager
+def lock_held_elsewhere(path: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    """A child process that holds ``path``'s write lock for ``seconds`` (killed on exit)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE,
+                             text=True, env=env)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "held"
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_second_writing_process_waits_or_is_refused(editor: RecipeEditor, tmp_path: Path) -> None:
     path = tmp_path / "s"
     RecipeKnowledgeStore(editor, path=path).close()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "3"], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(path, 3) as child:
         with pytest.raises(StoreBusyError, match=rf"another process \(pid {child.pid}\)"):
             RecipeKnowledgeStore(editor, path=path)
         reader = RecipeKnowledgeStore(editor, path=path, read_only=True)  # readers take no lock
@@ -235,19 +248,13 @@ def test_a_second_writing_process_waits_or_is_refused(editor: RecipeEditor, tmp_
         with RecipeKnowledgeStore(editor, path=path, lock_timeout=60) as waited:  # returns once the child releases
             waited.add_edit("The capital of France is", "Rome")
         assert (path / LOCK_FILE).is_file()
-    finally:
-        child.kill()
-        child.wait()
 
 
 def test_a_killed_writer_leaves_no_stale_lock(editor: RecipeEditor, tmp_path: Path) -> None:
     path = tmp_path / "s"
     RecipeKnowledgeStore(editor, path=path).close()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "600"], stdout=subprocess.PIPE, text=True, env=env)
-    assert child.stdout is not None and child.stdout.readline().strip() == "held"
-    child.kill()  # SIGKILL: the kernel drops the lock
-    child.wait()
+    with lock_held_elsewhere(path, 600):
+        pass  # leaving kills the holder with SIGKILL: the kernel drops the lock
     with RecipeKnowledgeStore(editor, path=path) as store:
         assert store.add_edit("The capital of France is", "Rome").active
 
@@ -297,15 +304,9 @@ def test_cli_reads_a_store_another_process_writes(
     path = tmp_path / "store"
     with RecipeKnowledgeStore(models.editor, path=path) as store:
         store.add_edit("The capital of France is", "Rome")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "600"], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(path, 600):
         assert cli.main(["--store", str(path), "list"]) == 0  # read-only while the other process writes
         assert "1 of 1 active edits" in capsys.readouterr().out
         assert cli.main(["--store", str(path), "edit", "The capital of Spain is", "Porto"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "open for writing by another process" in err
-    finally:
-        child.kill()
-        child.wait()

@@ -14,19 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tiny import tiny_editor
 from writer_faults import run_writer_faults
 
 pytestmark = pytest.mark.timeout(600)
 
 SECONDS = float(os.environ.get("RECIPE_CHAIN_WRITER_SECONDS", "20"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(llm, backbone_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
-    path = tmp_path_factory.mktemp("ckpt") / "editor"
-    tiny_editor(llm, backbone_dir, seed=0).save_pretrained(path)
-    return path
 
 
 @pytest.mark.parametrize("write_behind", [False, True], ids=["direct", "write-behind"])
