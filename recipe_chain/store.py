@@ -128,11 +128,11 @@ from recipe_chain.errors import (
     ReadOnlyStoreError,
     RecipeChainError,
     StoreBusyError,
-    StorePathError,
 )
 from recipe_chain.gate import admits, rank, rescore, sentinel_similarity, shortlist, verified_choice
 from recipe_chain.records import EditRecord, GateCandidate, GateResult, ScalarMeta
-from recipe_chain.store_lock import PathWriteLock, acquire_path_lock, shared_queue
+from recipe_chain.chroma_collection import DeletedIds, GuardedCollection, checked_store_dir
+from recipe_chain.store_lock import PathWriteLock, acquire_path_lock, client_mutex, shared_queue
 from recipe_chain.verifier import EditVerifier, VerifierChoice
 from recipe_chain.write_behind import (
     JOURNAL_FILE,
@@ -202,9 +202,6 @@ _C_EXPLICIT_IDS = "recipe_chain.explicit_ids"
 _ID_FLAGS = (_C_ID_SCHEME, _C_EXPLICIT_IDS)
 _FACT_ID_HEX = 24  # hex digits of the fact hash; the other 8 hold the version
 _VERSION_WINDOW = 16  # fact-version ids probed per fact and round
-# The ids of deleted edits live on in a side collection "<collection>__deleted" (ids only),
-# so that no id is ever handed out twice.
-_DELETED_SUFFIX = "__deleted"
 
 # Record-level metadata keys we own.
 _EDIT_ID = "edit_id"
@@ -371,36 +368,6 @@ class _Stored:
     key: torch.Tensor | None  # (d,) float32
 
 
-class _NamespaceGuard:
-    """A Chroma collection whose calls raise :class:`NamespaceNotFoundError`, naming the
-    namespace and the fix, when the collection was deleted underneath the store."""
-
-    def __init__(self, collection: Any, namespace: str, identity: str) -> None:
-        from chromadb.errors import NotFoundError
-
-        self._inner, self._namespace, self._identity, self._not_found = collection, namespace, identity, NotFoundError
-
-    @property
-    def metadata(self) -> Any:
-        return self._inner.metadata
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return attr(*args, **kwargs)
-            except self._not_found as exc:
-                raise NamespaceNotFoundError(
-                    f"Namespace {self._namespace!r} of {self._identity.split('#')[0]} was deleted while this store "
-                    "was open (by another client or process). Open a new store to start it afresh."
-                ) from exc
-
-        return call
-
-
 class RecipeKnowledgeStore:
     """Edits as keys in Chroma, with the Knowledge Sentinel gate.
 
@@ -514,7 +481,6 @@ class RecipeKnowledgeStore:
         # of one directory or collection in this process)
         self._lock: threading.RLock = threading.RLock()
         self._path_lock: PathWriteLock | None = None
-        self._deleted: Any | None = None  # the deleted-ids collection, once it exists
         # Serialises encoder calls: a fast tokenizer must not be used by two threads at once.
         self._encode_lock = threading.Lock()
         self._closed = False
@@ -530,13 +496,13 @@ class RecipeKnowledgeStore:
         if client is not None:
             self._client = client
             self.identity = _client_identity(client, self._name)
-            self._lock = _shared_mutex(self.identity)
+            self._lock = client_mutex(self.identity)
         elif ephemeral:
             self._client = chromadb.EphemeralClient()
             self.identity = f"chroma:ephemeral#{self._identity_suffix()}"
-            self._lock = _shared_mutex(self.identity)
+            self._lock = client_mutex(self.identity)
         else:
-            resolved = _checked_store_dir(path if path is not None else DEFAULT_STORE_PATH, read_only)
+            resolved = checked_store_dir(path if path is not None else DEFAULT_STORE_PATH, read_only)
             self.path = resolved
             if not read_only:
                 self._path_lock = acquire_path_lock(resolved, timeout=float(lock_timeout))
@@ -548,6 +514,8 @@ class RecipeKnowledgeStore:
                     self._path_lock.release()
                 raise
             self.identity = f"chroma:persistent:{resolved}#{self._identity_suffix()}"
+        known = self._path_lock.deleted_ids if self._path_lock is not None else None
+        self._deleted_ids = DeletedIds(self._client, self._name, known)
         try:
             if write_behind:
                 assert self.path is not None
@@ -1071,47 +1039,6 @@ class RecipeKnowledgeStore:
             )
 
 
-    def _deleted_collection(self, *, create: bool = False) -> Any | None:
-        """The side collection of this namespace's deleted ids (``None`` before the first delete).
-
-        A directory's writer remembers it in the directory lock (no other process can
-        create it meanwhile), which saves a Chroma lookup on every write.
-        """
-        if self._deleted is not None:
-            return self._deleted
-        known = self._path_lock.deleted_ids if self._path_lock is not None else None
-        name = self._name + _DELETED_SUFFIX
-        if known is not None and self._name in known:
-            self._deleted = known[self._name]
-        else:
-            self._deleted = self._get_collection(name)
-        if self._deleted is None and create:
-            self._deleted = self._client.get_or_create_collection(
-                name, metadata={"recipe_chain.deleted_ids_of": self._name}, embedding_function=None
-            )
-        if known is not None:
-            known[self._name] = self._deleted
-        return self._deleted
-
-    def _deleted_ids(self, ids: Sequence[str]) -> set[str]:
-        """Which of ``ids`` belonged to deleted edits (ids are never reused)."""
-        deleted = self._deleted_collection()
-        if deleted is None or not ids:
-            return set()
-        found: set[str] = set()
-        for start in range(0, len(ids), _MAX_HITS_PER_QUERY_CALL):
-            found.update(deleted.get(ids=list(ids[start : start + _MAX_HITS_PER_QUERY_CALL]), include=[])["ids"])
-        return found
-
-    def _remember_deleted(self, ids: Sequence[str]) -> None:
-        """Record ``ids`` as used for good, before their records are deleted (a crash in
-        between leaves an id both stored and remembered: still never reused)."""
-        deleted = self._deleted_collection(create=True)
-        assert deleted is not None
-        for start in range(0, len(ids), _PAGE):
-            chunk = list(ids[start : start + _PAGE])
-            deleted.upsert(ids=chunk, embeddings=np.ones((len(chunk), 1), dtype=np.float32))
-
     def _existing_ids(self, ids: Sequence[str]) -> list[str]:
         overlay = self._overlay()
         found: list[str] = [i for i in ids if i in overlay]
@@ -1166,7 +1093,7 @@ class RecipeKnowledgeStore:
             got: dict[str, _Stored] = {}
             for start in range(0, len(ids), _MAX_HITS_PER_QUERY_CALL):
                 got.update(self._fetch(ids[start : start + _MAX_HITS_PER_QUERY_CALL], keys=True))
-            deleted = self._deleted_ids(ids)
+            deleted = self._deleted_ids.among(ids)
             further: dict[str, int] = {}
             for norm, first in probe.items():
                 for v, edit_id in enumerate(windows[norm], start=first):
@@ -1377,14 +1304,14 @@ class RecipeKnowledgeStore:
             found = self._fetch(ids)
             missing = [i for i in ids if i not in found]
             if missing:
-                gone = " (it was deleted before)" if missing[0] in self._deleted_ids(missing[:1]) else ""
+                gone = " (it was deleted before)" if self._deleted_ids.among(missing[:1]) else ""
                 raise EditNotFoundError(
                     f"No edit {missing[0]!r} in namespace {self.namespace!r} of {self.identity}{gone}"
                     + (f" (and {len(missing) - 1} more unknown ids)" if len(missing) > 1 else "")
                     + "; nothing was deleted"
                 )
             records = {i: self._record(i, found[i].meta, found[i].document) for i in ids}
-            self._remember_deleted(ids)
+            self._deleted_ids.remember(ids)
 
             def linked(record: EditRecord) -> bool:  # superseded others, or was superseded
                 return bool(record.previous_targets) or not record.active
@@ -1441,7 +1368,7 @@ class RecipeKnowledgeStore:
                 ids = self._collection.get(include=[], limit=_PAGE)["ids"]
                 if not ids:
                     break
-                self._remember_deleted(ids)
+                self._deleted_ids.remember(ids)
                 self._collection.delete(ids=ids)
         logger.info("Cleared %s", self.identity)
 
@@ -1910,7 +1837,7 @@ class RecipeKnowledgeStore:
 
     @_collection.setter
     def _collection(self, collection: Any) -> None:
-        self._guarded = _NamespaceGuard(collection, self.namespace, getattr(self, "identity", self._name))
+        self._guarded = GuardedCollection(collection, self.namespace, getattr(self, "identity", self._name))
 
     def __enter__(self) -> RecipeKnowledgeStore:
         return self
@@ -1921,47 +1848,6 @@ class RecipeKnowledgeStore:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("needs reindex" if self._stale else "open")
         return f"RecipeKnowledgeStore({self.identity!r}, {state})"
-
-
-_SHARED_MUTEXES: dict[str, threading.RLock] = {}  # identity -> write lock of an ephemeral / client store
-_SHARED_MUTEXES_LOCK = threading.Lock()
-
-
-def _shared_mutex(identity: str) -> threading.RLock:
-    """The write lock shared by this process's store objects on one collection of a client."""
-    with _SHARED_MUTEXES_LOCK:
-        return _SHARED_MUTEXES.setdefault(identity, threading.RLock())
-
-
-def _checked_store_dir(path: str | os.PathLike[str], read_only: bool) -> Path:
-    """The resolved store directory, created if missing (unless ``read_only``).
-
-    Raises:
-        StorePathError: If it is a file, or a directory this process cannot write (a
-            read-only open still needs to write: Chroma opens its database read-write).
-    """
-    resolved = Path(path).expanduser().resolve()
-    if resolved.exists() and not resolved.is_dir():
-        raise StorePathError(
-            f"The store path {resolved} is a file, not a directory. Pass the directory that holds the store "
-            "(or a new one to create it)."
-        )
-    if not resolved.exists():
-        if read_only:
-            raise StorePathError(f"No store at {resolved}: a read-only store must already exist. Check the path.")
-        try:
-            resolved.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorePathError(
-                f"Cannot create the store directory {resolved} ({exc.strerror}). Choose a path you can write."
-            ) from None
-    if not os.access(resolved, os.W_OK | os.X_OK):
-        raise StorePathError(
-            f"The store directory {resolved} is not writable by this process. Chroma writes to its database even to "
-            "read it, so also read_only=True needs write access: fix the permissions or copy the store to a "
-            "writable place."
-        )
-    return resolved
 
 
 def _translate_where(where: object) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from recipe_chain.errors import StoreBusyError
 if TYPE_CHECKING:
     from recipe_chain.write_behind import WriteBehindQueue
 
-__all__ = ["LOCK_FILE", "PathWriteLock", "acquire_path_lock", "shared_queue"]
+__all__ = ["LOCK_FILE", "PathWriteLock", "acquire_path_lock", "client_mutex", "shared_queue"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,16 @@ def acquire_path_lock(path: Path, *, timeout: float = 0.0) -> PathWriteLock:
         _REGISTRY[path] = lock
     logger.debug("Took the write lock of %s", path)
     return lock
+
+
+_CLIENT_MUTEXES: dict[str, threading.RLock] = {}  # identity -> write lock of an ephemeral / client store
+
+
+def client_mutex(identity: str) -> threading.RLock:
+    """The write lock shared by this process's store objects on one collection of an
+    ephemeral or ``client=`` store (no directory to lock)."""
+    with _REGISTRY_LOCK:
+        return _CLIENT_MUTEXES.setdefault(identity, threading.RLock())
 
 
 def shared_queue(path: Path, collection: str) -> WriteBehindQueue | None:
