@@ -76,8 +76,9 @@ rounding above applies once written), and superseding, undo and corrections work
 usual. ``list_edits``, ``count``, ``update_edit``, deletions, ``clear`` and ``reindex``
 first write everything pending; :meth:`RecipeKnowledgeStore.flush` does only that. A
 failed Chroma write is retried and loses nothing; a store opened on a path whose journal
-holds entries (its writer was killed) writes them first. Other store objects see a
-pending edit once it is written. See :mod:`recipe_chain.write_behind`.
+holds entries (its writer was killed) writes them first. Other store objects of the
+namespace in the same process share the queue and see pending edits at once; other
+processes see an edit once it is written. See :mod:`recipe_chain.write_behind`.
 
 **One writer per store directory** (:mod:`recipe_chain.store_lock`). An embedded store
 opened for writing holds its directory's lock until :meth:`RecipeKnowledgeStore.close`:

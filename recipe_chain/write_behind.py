@@ -20,9 +20,9 @@ newer version. Operations that read or change many records at once (``list_edits
 pending. A store opened on a path whose journal still holds entries (a process that
 ended before its writer caught up) writes them to Chroma before anything else.
 
-Only the store object that wrote a pending edit sees it before it reaches Chroma;
-other store objects and processes see it afterwards (:meth:`WriteBehindQueue.drain`
-waits for that). One write-behind store at a time may have a namespace of a path open:
+Store objects of the namespace in the writing process share its queue
+(:mod:`recipe_chain.store_lock`), so they see a pending edit at once; other processes
+see it once it reaches Chroma (:meth:`WriteBehindQueue.drain` waits for that). One write-behind store at a time may have a namespace of a path open:
 it holds an exclusive lock (:class:`WriterLock`), which also tells a store opening the
 path whether journal entries belong to a live writer (left alone) or to one that ended
 (written to Chroma).
