@@ -14,11 +14,13 @@ import numpy as np
 
 from recipe_chain.errors import NamespaceNotFoundError, StorePathError
 
-__all__ = ["DELETED_SUFFIX", "DeletedIds", "GuardedCollection", "checked_store_dir"]
+__all__ = ["DELETED_SUFFIX", "MAX_IDS_PER_CALL", "PAGE", "DeletedIds", "GuardedCollection", "checked_store_dir"]
 
 DELETED_SUFFIX = "__deleted"  # "<collection>__deleted" holds the collection's deleted ids
-_PAGE = 5000
-_MAX_IDS_PER_GET = 4096  # SQLite refuses more than 32,766 variables in one statement
+PAGE = 5000  # records per Chroma get / delete / upsert of a long list
+# Most ids (or query hits) asked of Chroma in one call: it reads their records with one SQL
+# statement, and SQLite refuses more than 32,766 variables in a statement.
+MAX_IDS_PER_CALL = 4096
 
 
 def checked_store_dir(path: str | os.PathLike[str], read_only: bool) -> Path:
@@ -126,8 +128,8 @@ class DeletedIds:
         if side is None or not ids:
             return set()
         found: set[str] = set()
-        for start in range(0, len(ids), _MAX_IDS_PER_GET):
-            found.update(side.get(ids=list(ids[start : start + _MAX_IDS_PER_GET]), include=[])["ids"])
+        for start in range(0, len(ids), MAX_IDS_PER_CALL):
+            found.update(side.get(ids=list(ids[start : start + MAX_IDS_PER_CALL]), include=[])["ids"])
         return found
 
     def remember(self, ids: Sequence[str]) -> None:
@@ -135,6 +137,6 @@ class DeletedIds:
         crash in between leaves an id both stored and remembered, still never reused."""
         side = self._collection(create=True)
         assert side is not None
-        for start in range(0, len(ids), _PAGE):
-            chunk = list(ids[start : start + _PAGE])
+        for start in range(0, len(ids), PAGE):
+            chunk = list(ids[start : start + PAGE])
             side.upsert(ids=chunk, embeddings=np.ones((len(chunk), 1), dtype=np.float32))

@@ -132,7 +132,13 @@ from recipe_chain.errors import (
 )
 from recipe_chain.gate import admits, rank, rescore, sentinel_similarity, shortlist, verified_choice
 from recipe_chain.records import EditRecord, GateCandidate, GateResult, ScalarMeta
-from recipe_chain.chroma_collection import DeletedIds, GuardedCollection, checked_store_dir
+from recipe_chain.chroma_collection import (
+    MAX_IDS_PER_CALL,
+    PAGE,
+    DeletedIds,
+    GuardedCollection,
+    checked_store_dir,
+)
 from recipe_chain.store_lock import PathWriteLock, acquire_path_lock, client_mutex, shared_queue
 from recipe_chain.verifier import EditVerifier, VerifierChoice
 from recipe_chain.write_behind import (
@@ -239,10 +245,8 @@ _MAX_NAME_LEN = 63
 _MAX_ID_LEN = 256
 _PROGRESS_THRESHOLD = 1000
 _SEARCH_WIDEN_ROUNDS = 3
-# Most hits (queries x n_results) asked of Chroma in one call: it reads their records with
-# one SQL statement, and SQLite refuses more than 32,766 variables in a statement.
-_MAX_HITS_PER_QUERY_CALL = 4096
-_PAGE = 5000
+_MAX_HITS_PER_QUERY_CALL = MAX_IDS_PER_CALL  # queries x n_results per Chroma query
+_PAGE = PAGE
 # Chroma's errors for a vector index that is behind the records (another process writes them)
 _STALE_INDEX_ERRORS = ("hnsw segment reader", "Error finding id")
 

@@ -75,6 +75,7 @@ class PathWriteLock:
 
 _REGISTRY: dict[Path, PathWriteLock] = {}  # directory -> this process's lock on it
 _REGISTRY_LOCK = threading.Lock()
+_OPENING: dict[Path, threading.Lock] = {}  # directory -> held while this process takes its file lock
 
 
 def _flock(path: Path, timeout: float) -> int:
@@ -118,13 +119,19 @@ def acquire_path_lock(path: Path, *, timeout: float = 0.0) -> PathWriteLock:
     """
     path = path.resolve()
     with _REGISTRY_LOCK:
-        lock = _REGISTRY.get(path)
-        if lock is not None:
-            lock._holders += 1
-            return lock
+        opening = _OPENING.setdefault(path, threading.Lock())
+    # One thread of this process waits for other processes, holding no process-wide lock
+    # (stores on other directories open meanwhile); the others wait for it and then join.
+    with opening:
+        with _REGISTRY_LOCK:
+            lock = _REGISTRY.get(path)
+            if lock is not None:
+                lock._holders += 1
+                return lock
         fd = _flock(path, timeout)
-        lock = PathWriteLock(path=path, _fd=None if fd < 0 else fd, _holders=1)
-        _REGISTRY[path] = lock
+        with _REGISTRY_LOCK:
+            lock = PathWriteLock(path=path, _fd=None if fd < 0 else fd, _holders=1)
+            _REGISTRY[path] = lock
     logger.debug("Took the write lock of %s", path)
     return lock
 

@@ -21,6 +21,7 @@ import pytest
 from recipe_chain import cli
 from recipe_chain.commands import store_commands
 from recipe_chain.commands.terminal import terminal_safe
+from recipe_chain.demo import EditingModels
 from recipe_chain.editor import RecipeEditor
 from recipe_chain.errors import (
     EditNotFoundError,
@@ -269,6 +270,14 @@ def test_option_errors(editor: RecipeEditor, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- the CLI
+@pytest.fixture
+def cli_models(monkeypatch: pytest.MonkeyPatch) -> EditingModels:
+    """The tiny models every CLI command of the test gets."""
+    models = shared_models()
+    monkeypatch.setattr(store_commands, "load_models", lambda checkpoint=None: models)
+    return models
+
+
 def test_terminal_safe_escapes_controls_and_bidi() -> None:
     assert terminal_safe("a\x1b[31mb\x07c\u202ed\u2066") == "a\\x1b[31mb\\x07c\\u202ed\\u2066"
     assert terminal_safe("x\ny") == "x\\x0ay" and terminal_safe("x\ny", keep_newlines=True) == "x\ny"
@@ -276,10 +285,9 @@ def test_terminal_safe_escapes_controls_and_bidi() -> None:
 
 
 def test_cli_escapes_stored_text_and_reports_path_errors(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    cli_models: EditingModels, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    models = shared_models()
-    monkeypatch.setattr(store_commands, "load_models", lambda checkpoint=None: models)
+    models = cli_models
     path = tmp_path / "store"
     with RecipeKnowledgeStore(models.editor, path=path) as store:
         hostile = store.add_edit("The \x1b]0;pwned\x07 CEO of Acme is", "Wile \u202eE. Coyote")
@@ -297,10 +305,9 @@ def test_cli_escapes_stored_text_and_reports_path_errors(
 
 
 def test_cli_reads_a_store_another_process_writes(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    cli_models: EditingModels, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    models = shared_models()
-    monkeypatch.setattr(store_commands, "load_models", lambda checkpoint=None: models)
+    models = cli_models
     path = tmp_path / "store"
     with RecipeKnowledgeStore(models.editor, path=path) as store:
         store.add_edit("The capital of France is", "Rome")
