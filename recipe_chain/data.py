@@ -1,6 +1,6 @@
 """Loaders for public knowledge-editing benchmark files.
 
-Four record formats are read into one model, :class:`EditExample`:
+The record formats below are read into one model, :class:`EditExample`:
 
 * ``counterfact_flat`` -- CounterFact in the flat RECIPE/EasyEdit form
   (``prompt``, ``target_new``, ``ground_truth``, ``subject``, ``rephrase_prompt``,
@@ -18,6 +18,14 @@ Four record formats are read into one model, :class:`EditExample`:
   is one of the record's wrong choices, picked by a generator seeded with the record's
   subject and question, so every load gives the same edit; :func:`split_by_subject`
   gives the train/dev split.
+* ``pokemqa`` -- PokeMQA's ``{"edit": statement, "questions": [...]}``: the statement is
+  split into a cloze prompt and its object at a known relation phrase
+  (:data:`RELATION_PHRASES`, else the first "is"/"was"), and the questions become
+  paraphrases: the ways a user asks for the fact.
+* ``mquake`` -- MQuAKE's chained rewrites (``requested_rewrite: [{prompt, subject,
+  target_new, target_true, question}]``, ``single_hops``): one example per rewrite,
+  its ``question`` as the paraphrase and the record's single-hop cloze prompts about other
+  subjects as locality prompts (same relation chain, other subject).
 
 The format is detected per file from its first record (or forced with ``format=``);
 every record is then validated against it. Any problem with a file's content raises
@@ -36,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -48,6 +57,7 @@ __all__ = [
     "DATA_FORMATS",
     "DataFormat",
     "NEVER_TRAINED_ON",
+    "RELATION_PHRASES",
     "check_trainable",
     "DataFormatError",
     "EditExample",
@@ -57,11 +67,14 @@ __all__ = [
     "load_edit_examples",
     "load_questions",
     "split_by_subject",
+    "split_statement",
 ]
 
 logger = logging.getLogger(__name__)
 
-DataFormat = Literal["counterfact_flat", "zsre_mend", "knowedit", "counterfact_rome", "hallueditbench"]
+DataFormat = Literal[
+    "counterfact_flat", "zsre_mend", "knowedit", "counterfact_rome", "hallueditbench", "pokemqa", "mquake"
+]
 """Names of the record formats :func:`load_edit_examples` understands."""
 
 DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
@@ -316,7 +329,9 @@ def iter_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def detect_format(record: dict[str, Any]) -> DataFormat:
     """Tell which :data:`DataFormat` a record is in, from its keys.
 
-    Rules, in order: ``requested_rewrite`` -> ``counterfact_rome``; ``src`` or ``alt`` ->
+    Rules, in order: ``edit`` and ``questions`` -> ``pokemqa``; ``requested_rewrite`` -> ``mquake``
+    when it is a list, else ``counterfact_rome``; ``question``, ``object`` and ``multiple_choices``
+    -> ``hallueditbench``; ``src`` or ``alt`` ->
     ``zsre_mend``; ``prompt`` or ``target_new`` together with ``locality`` or
     ``portability`` -> ``knowedit``; ``prompt`` or ``target_new`` otherwise ->
     ``counterfact_flat``. Detection only looks at keys; the loader validates the values.
@@ -338,8 +353,10 @@ def detect_format(record: dict[str, Any]) -> DataFormat:
     if not isinstance(record, dict):
         raise DataFormatError(f"cannot detect the format of a {type(record).__name__}, expected a JSON object")
     keys = set(record)
+    if {"edit", "questions"} <= keys:
+        return "pokemqa"
     if "requested_rewrite" in keys:
-        return "counterfact_rome"
+        return "mquake" if isinstance(record["requested_rewrite"], list) else "counterfact_rome"
     if {"question", "object", "multiple_choices"} <= keys:
         return "hallueditbench"
     if keys & {"src", "alt"}:
@@ -354,7 +371,8 @@ def detect_format(record: dict[str, Any]) -> DataFormat:
         "zsre_mend (src, alt, answers, rephrase, loc, loc_ans), "
         "knowedit (prompt, target_new, rephrase_prompt, locality: {...}, portability), "
         "counterfact_rome (requested_rewrite, paraphrase_prompts, neighborhood_prompts), "
-        "hallueditbench (subject, question, object, multiple_choices, paraphrased_question, locality_question)"
+        "hallueditbench (subject, question, object, multiple_choices, paraphrased_question, locality_question), "
+        "pokemqa (edit, questions), mquake (requested_rewrite: [...], questions, single_hops)"
     )
 
 
@@ -601,6 +619,101 @@ def _parse_hallueditbench(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+RELATION_PHRASES: tuple[str, ...] = (
+    "{} is a citizen of", "{} is affiliated with the religion of", "{} is associated with the sport of",
+    "{} is employed by", "{} is famous for", "{} is located in the continent of", "{} is married to",
+    "{} plays the position of", "{} was born in the city of", "{} died in the city of", "{} worked in the city of",
+    "{} was created by", "{} was created in the country of", "{} was developed by", "{} was founded by",
+    "{} was founded in the city of", "{} was performed by", "{} works in the field of", "{} speaks the language of",
+    "{} was written in the language of", "{}'s child is", "The author of {} is", "The capital of {} is",
+    "The chairperson of {} is", "The chief executive officer of {} is", "The company that produced {} is",
+    "The director of {} is", "The head coach of {} is", "The headquarters of {} is located in the city of",
+    "The name of the current head of the {} government is", "The name of the current head of state in {} is",
+    "The official language of {} is", "The original language of {} is", "The origianl broadcaster of {} is",
+    "The type of music that {} plays is", "The univeristy where {} was educated is",
+)
+"""Cloze templates of the PokeMQA/MQuAKE relations (spelling as in the data), used to split a
+PokeMQA statement into its prompt and its object."""
+
+_RELATION_PATTERNS = [
+    re.compile("^" + re.escape(t).replace(re.escape("{}"), "(?P<subject>.+?)") + r"\s+(?P<object>\S.*)$")
+    for t in sorted(RELATION_PHRASES, key=len, reverse=True)
+]
+_FALLBACK_SPLITS = (  # the first "is"/"was", else the last "of"/"by"/"in"
+    re.compile(r"^(?P<prompt>.+?\s(?:is|was))\s+(?P<object>\S.*)$"),
+    re.compile(r"^(?P<prompt>.+\s(?:of|by|in))\s+(?P<object>\S.*)$"),
+)
+
+
+def split_statement(statement: str) -> tuple[str, str, str | None]:
+    """``(prompt, object, subject or None)`` of a statement such as PokeMQA's edits.
+
+    A known relation phrase (:data:`RELATION_PHRASES`) gives the split and the subject;
+    otherwise the statement is split after its first "is" or "was", else after its last
+    "of", "by" or "in".
+
+    Raises:
+        ValueError: If the statement has no such word before its last word.
+
+    Example:
+        >>> split_statement("Carl Sagan is employed by British Broadcasting Corporation")
+        ('Carl Sagan is employed by', 'British Broadcasting Corporation', 'Carl Sagan')
+    """
+    text = " ".join(statement.split())
+    for pattern in _RELATION_PATTERNS:
+        match = pattern.match(text)
+        if match:
+            obj = match.group("object")
+            return text[: len(text) - len(obj)].rstrip(), obj, match.group("subject")
+    for pattern in _FALLBACK_SPLITS:
+        match = pattern.match(text)
+        if match:
+            return match.group("prompt"), match.group("object"), None
+    raise ValueError(f"cannot tell the object of {statement!r}: no relation phrase and no 'is'/'was'/'of'/'by'/'in'")
+
+
+def _parse_pokemqa(record: dict[str, Any]) -> dict[str, Any]:
+    edit = _required_text(record, "edit")
+    questions = record.get("questions", _MISSING)
+    if questions is _MISSING:
+        raise _RecordError("questions", "is missing")
+    questions = _text_list(questions, "questions")
+    if not questions:
+        raise _RecordError("questions", "must hold at least one non-empty question")
+    try:
+        prompt, obj, subject = split_statement(edit)
+    except ValueError as err:
+        raise _RecordError("edit", str(err)) from None
+    return {"prompt": prompt, "target_new": obj, "subject": subject, "paraphrases": questions, "locality": []}
+
+
+def _parse_mquake(record: dict[str, Any]) -> list[dict[str, Any]]:
+    rewrites = record.get("requested_rewrite")
+    if not isinstance(rewrites, list) or not rewrites:
+        raise _RecordError("requested_rewrite", f"must be a non-empty list of rewrites, got {_describe(rewrites)}")
+    hops = record.get("single_hops") or []
+    if not isinstance(hops, list):
+        raise _RecordError("single_hops", f"must be a list, got {_describe(hops)}")
+    clozes: list[tuple[str, str | None]] = []
+    for i, hop in enumerate(hops):
+        if not isinstance(hop, dict):
+            raise _RecordError(f"single_hops[{i}]", f"must be an object, got {_describe(hop)}")
+        cloze = _optional_text(hop, "cloze", field=f"single_hops[{i}].cloze")
+        if cloze:
+            clozes.append((cloze, _first_answer(hop.get("answer"), f"single_hops[{i}].answer")))
+    out = []
+    for i, rewrite in enumerate(rewrites):
+        if not isinstance(rewrite, dict):
+            raise _RecordError(f"requested_rewrite[{i}]", f"must be an object, got {_describe(rewrite)}")
+        fields = _parse_counterfact_rome({"requested_rewrite": rewrite})
+        question = _optional_text(rewrite, "question", field=f"requested_rewrite[{i}].question")
+        fields["paraphrases"] = [question] if question else []
+        subject = fields["subject"].casefold()
+        fields["locality"] = [LocalityPrompt(prompt=c, answer=a) for c, a in clozes if subject not in c.casefold()]
+        out.append(fields)
+    return out
+
+
 def split_by_subject(
     examples: Sequence[EditExample], *, dev_share: float = 0.2, salt: str = "recipe-chain-dev"
 ) -> tuple[list[EditExample], list[EditExample]]:
@@ -638,12 +751,14 @@ def split_by_subject(
     return train, dev
 
 
-_PARSERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | list[dict[str, Any]]]] = {
     "counterfact_flat": _parse_counterfact_flat,
     "zsre_mend": _parse_zsre_mend,
     "knowedit": _parse_knowedit,
     "counterfact_rome": _parse_counterfact_rome,
     "hallueditbench": _parse_hallueditbench,
+    "pokemqa": _parse_pokemqa,
+    "mquake": _parse_mquake,
 }
 
 
@@ -682,7 +797,8 @@ def load_edit_examples(
             records with an empty ``alt``).
 
     Returns:
-        One :class:`EditExample` per (valid) record, in file order.
+        One :class:`EditExample` per (valid) record, in file order (one per rewrite for
+        MQuAKE, whose records chain several).
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
@@ -720,8 +836,11 @@ def load_edit_examples(
     for index, record in enumerate(records):
         case_id = _case_id(record)
         try:
-            fields = parse(record)
-            examples.append(EditExample(**fields, case_id=case_id, source_format=fmt))
+            parsed = parse(record)
+            examples += [
+                EditExample(**fields, case_id=case_id, source_format=fmt)
+                for fields in (parsed if isinstance(parsed, list) else [parsed])
+            ]
         except _RecordError as err:
             error = DataFormatError(err.message, path=p, index=index, field=err.field, case_id=case_id)
         except ValidationError as err:  # safety net: model constraints not caught above

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 from pathlib import Path
 from typing import Any
@@ -384,3 +385,99 @@ def test_real_shared_data() -> None:
     nq = load_questions(SHARED_DATA / "general" / "nq-open.jsonl")
     assert len(nq) == 3_610
     assert all(q.prompt and q.answer for q in nq)
+
+
+# ----------------------------------------------------------------------------- PokeMQA and MQuAKE
+
+POKEMQA: dict[str, Any] = {
+    "edit": "Carl Sagan is employed by British Broadcasting Corporation",
+    "questions": ["Who is the employer of Carl Sagan?", "Where does Carl Sagan work?"],
+}
+
+MQUAKE: dict[str, Any] = {
+    "case_id": 7417,
+    "requested_rewrite": [
+        {"prompt": "{} was performed by", "subject": "Hey Jude", "question": "Who performed Hey Jude?",
+         "target_new": {"str": "Madonna", "id": "Q1744"}, "target_true": {"str": "The Beatles", "id": "Q1299"}},
+        {"prompt": "The director of {} is", "subject": "Madonna", "question": "Who is the director of Madonna?",
+         "target_new": {"str": "Narendra Modi", "id": "Q1058"}, "target_true": {"str": "Guy Oseary", "id": "Q5622519"}},
+    ],
+    "questions": ["Who directs the performer of Hey Jude?"],
+    "single_hops": [
+        {"question": "Who performed Hey Jude?", "cloze": "Hey Jude was performed by", "answer": "The Beatles"},
+        {"question": "Who is the director of The Beatles?", "cloze": "The director of The Beatles is",
+         "answer": "Brian Epstein"},
+    ],
+}
+
+
+def test_pokemqa_statement_split_at_the_relation_phrase(tmp_path: Path) -> None:
+    path = tmp_path / "poke.json"
+    path.write_text(json.dumps([POKEMQA, {"edit": "The Leader of the Opposition is Don Young", "questions": ["Who?"]}]))
+    first, second = load_edit_examples(path)
+    assert detect_format(POKEMQA) == "pokemqa"
+    assert (first.prompt, first.target_new, first.subject) == (
+        "Carl Sagan is employed by", "British Broadcasting Corporation", "Carl Sagan")
+    assert first.paraphrases == POKEMQA["questions"] and first.statement == POKEMQA["edit"]
+    # no known relation phrase: split after the first "is", subject unknown
+    assert (second.prompt, second.target_new, second.subject) == ("The Leader of the Opposition is", "Don Young", None)
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        ({"edit": "Carl Sagan is employed by BBC", "questions": []}, "questions"),
+        ({"edit": "Carl Sagan is employed by BBC", "questions": ["ok?", 3]}, "questions[1]"),
+        ({"edit": "", "questions": ["Who?"]}, "edit"),
+        ({"edit": "Nothing here splits", "questions": ["Who?"]}, "edit"),
+    ],
+)
+def test_pokemqa_malformed_record_names_the_field(tmp_path: Path, record: dict[str, Any], field: str) -> None:
+    path = tmp_path / "poke.json"
+    path.write_text(json.dumps([POKEMQA, record]))
+    with pytest.raises(DataFormatError, match=rf"record 1.*'{re.escape(field)}'"):
+        load_edit_examples(path)
+
+
+def test_mquake_one_example_per_rewrite_with_other_subjects_as_locality(tmp_path: Path) -> None:
+    path = tmp_path / "mquake.json"
+    path.write_text(json.dumps([MQUAKE]))
+    first, second = load_edit_examples(path)
+    assert detect_format(MQUAKE) == "mquake"
+    assert (first.prompt, first.target_new, first.ground_truth, first.case_id) == (
+        "Hey Jude was performed by", "Madonna", "The Beatles", "7417")
+    assert first.paraphrases == ["Who performed Hey Jude?"]
+    # the hop about the rewrite's own subject is not a locality prompt of it
+    assert [lp.prompt for lp in first.locality] == ["The director of The Beatles is"]
+    assert second.statement == "The director of Madonna is Narendra Modi"
+    assert [lp.prompt for lp in second.locality] == ["Hey Jude was performed by", "The director of The Beatles is"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"requested_rewrite": []}, "requested_rewrite"),
+        ({"requested_rewrite": [MQUAKE["requested_rewrite"][0], "x"]}, "requested_rewrite[1]"),
+        ({"single_hops": [{"cloze": 5}]}, "single_hops[0].cloze"),
+    ],
+)
+def test_mquake_malformed_record_names_the_field(tmp_path: Path, change: dict[str, Any], field: str) -> None:
+    path = tmp_path / "mquake.json"
+    path.write_text(json.dumps([MQUAKE, {**MQUAKE, **change}]))
+    with pytest.raises(DataFormatError, match=rf"record 1.*'{re.escape(field)}'"):
+        load_edit_examples(path)
+
+
+def test_real_pokemqa_and_mquake() -> None:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
+    poke = load_edit_examples(SHARED_DATA / "questions" / "pokemqa_edit2questions.json")
+    assert len(poke) == 6_688 and {ex.source_format for ex in poke} == {"pokemqa"}
+    assert all(ex.statement == " ".join(r["edit"].split())
+               for ex, r in zip(poke, iter_records(SHARED_DATA / "questions" / "pokemqa_edit2questions.json")))
+    assert sum(ex.subject is not None for ex in poke) / len(poke) > 0.99  # a known relation phrase split it
+    assert all(len(ex.paraphrases) == 4 for ex in poke)
+    mquake = load_edit_examples(SHARED_DATA / "mquake" / "mquake_hard.json")
+    records = iter_records(SHARED_DATA / "mquake" / "mquake_hard.json")
+    assert len(mquake) == sum(len(r["requested_rewrite"]) for r in records)
+    assert all(ex.paraphrases and ex.ground_truth for ex in mquake)

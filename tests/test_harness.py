@@ -10,6 +10,7 @@ check that every method uses the edit it should. One test runs the real
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import re
@@ -347,7 +348,8 @@ def test_scripted_run_every_method_uses_the_right_edit(models, tmp_path):
     assert final is not None and final.t == 20 and final.n_measured == 20 and results.complete
     assert [cp.t for cp in results.checkpoints] == [1, 10, 20]
     assert final.counts == {"prompt": 20, "paraphrase": 20, "locality": 20, "locality_scored": 20, "general": 5,
-                            "generation_examples": 20, "general_answered": 4, "locality_edited_fact": 0}
+                            "generation_examples": 20, "general_answered": 4, "locality_edited_fact": 0,
+                            "chat_answered": 0}
     assert set(final.methods) == set(H.METHODS)
     assert all(cp.counts["general_answered"] == 0 for cp in results.checkpoints[:-1])  # final T only
 
@@ -619,7 +621,7 @@ def test_cli_reads_every_format(fmt, patched_cli, tmp_path, capsys):
     assert raw["config"]["eval"]["methods"] == ["no-edit", "recipe", "text-rag"]
     assert raw["final"]["counts"] == {"prompt": 3, "paraphrase": 3, "locality": 3 * per,
                                       "locality_scored": 3 * per, "general": 2, "generation_examples": 3,
-                                      "general_answered": 0, "locality_edited_fact": 0}
+                                      "general_answered": 0, "locality_edited_fact": 0, "chat_answered": 0}
     assert raw["selection"]["n_dev"] == 2 and raw["config"]["command"].startswith("recipe-chain eval --data")
     assert patched_cli["checkpoint"] == "ckpt-dir" and patched_cli["store_path"] == out / "store"
     assert (out / "metrics_vs_T.png").exists() and (out / "results.md").exists()
@@ -833,3 +835,33 @@ def test_quick_run_on_the_real_default_models(tmp_path, monkeypatch, capsys):
     assert Path(raw["config"]["checkpoint"]) == default_checkpoint_path()
     assert set(raw["final"]["methods"]) == set(H.METHODS)
     assert (out / "store").is_dir()
+
+
+def test_chat_path_asks_through_the_template_with_the_prefix(models):
+    llm, tok, editor = models
+    templated = copy.deepcopy(tok)
+    templated.chat_template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    examples = make_examples(12)
+    cfg = EvalConfig(edits=12, dev_size=0, methods=("no-edit", "recipe"), general_n=0, t_grid=(12,), gen_sample=5,
+                     latency_samples=0, gate_latency_samples=0, gen_tokens=4, chat_path=True)
+    evaluator = LifelongEvaluator(llm, templated, editor, cfg, progress=False,
+                                  store_factory=scripted_factory(editor, examples))
+    final = evaluator.run(examples).final
+    assert final is not None and final.counts["chat_answered"] == 5
+    for method in final.methods.values():
+        assert method.chat_answer_accuracy is not None and method.chat_answer_accuracy_paraphrase is not None
+    # the chat rows reach the LLM templated, and recipe puts its admitted edit's prompt vectors in front
+    chat_keys = {key for key in evaluator._gen_cache if key[0].startswith("<|im_start|>user")}
+    with_prefix = {text for text, prefix in chat_keys if prefix is not None}
+    assert len(with_prefix) == 10 and {prefix for _, prefix in chat_keys} - {None} <= {ex.statement for ex in examples}
+    assert all(evaluator.text_rag.chat_text(ex.prompt) in {t for t, _ in chat_keys} for ex in examples
+               if any(ex.statement == p for _, p in chat_keys))
+
+    # without a chat template there is no chat path to measure
+    plain = LifelongEvaluator(llm, tok, editor, cfg, progress=False, store_factory=scripted_factory(editor, examples))
+    final = plain.run(examples).final
+    assert final is not None and final.counts["chat_answered"] == 0
+    assert final.methods["recipe"].chat_answer_accuracy is None

@@ -144,6 +144,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--general-answer-n", type=non_negative_int, default=None, metavar="N",
                    help="General questions whose greedy answers are scored at the final T (general ability; "
                    "default 0).")
+    p.add_argument("--chat-path", action="store_true", default=None,
+                   help="At the final T also ask the generated examples' prompts and paraphrases through the LLM's "
+                   "chat template, as RecipeEditedChatModel does, and score the answers.")
     p.add_argument("--ephemeral-store", action="store_true",
                    help="Keep the store in memory instead of OUT/store (no --resume then).")
     p.add_argument("--resume", action="store_true",
@@ -178,7 +181,8 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
     for name in ("edits", "dev_size", "general_n", "t_grid", "checkpoint_sample", "final_sample", "gen_sample",
                  "latency_samples",
                  "gate_latency_samples", "gen_tokens", "batch_size", "gen_batch_size", "gate_margin", "candidate_k",
-                 "duplicate_facts", "dev_general_n", "text_rag_format", "format_dev_sample", "general_answer_n"):
+                 "duplicate_facts", "dev_general_n", "text_rag_format", "format_dev_sample", "general_answer_n",
+                 "chat_path"):
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
@@ -301,7 +305,7 @@ def _command_line(args: argparse.Namespace, cfg: Any, out: Path, checkpoint: str
     if args.t_grid is not None:
         parts += ["--t-grid", ",".join(map(str, args.t_grid))]
     for flag in ("quick", "allow_untrained", "ephemeral_store", "resume", "no_plots", "no_progress", "float32_queries",
-                 "int8_statements"):
+                 "int8_statements", "chat_path"):
         if getattr(args, flag):
             parts.append(f"--{flag.replace('_', '-')}")
     parts += ["--out", str(out)]

@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="The shared data folder (default: shared/data found beside the project).")
     p.add_argument("--sets", default=None, metavar="NAME,...",
                    help="Only these sets (default: counterfact,zsre,knowedit-recent,hallueditbench-dev).")
+    p.add_argument("--methods", default=None, metavar="METHOD,...",
+                   help="Methods to run (default: no-edit,recipe,text-rag,text-rag-top1,text-rag-oracle).")
     p.add_argument("--edits", type=positive_int, default=None, metavar="T", help="Edits per set (default 1000).")
     p.add_argument("--seed", type=int, default=0, help="Seed (default 0).")
     p.add_argument("--final-sample", type=positive_int, default=None, metavar="N",
@@ -89,13 +91,17 @@ def run_suite_command(args: argparse.Namespace) -> int:
         for k in ("edits", "final_sample", "gen_sample", "general_n", "portability_cases", "latency_samples")
         if getattr(args, k) is not None
     }
+    if args.methods:
+        from recipe_chain.commands.evaluate import _methods
+
+        values["methods"] = _methods([args.methods])
     settings = SuiteSettings(seed=args.seed, **values)
     if args.threads:
         torch.set_num_threads(args.threads)
     checkpoint = getattr(args, "checkpoint", None)
     llm, tokenizer, editor, info = load_eval_models(checkpoint, args.llm)
     parts = ["recipe-chain", "eval-suite", "--out", args.out]
-    for flag in ("data_dir", "sets", "edits", "final_sample", "gen_sample", "general_n", "portability_cases",
+    for flag in ("data_dir", "sets", "methods", "edits", "final_sample", "gen_sample", "general_n", "portability_cases",
                  "latency_samples", "llm", "threads"):
         if getattr(args, flag) is not None:
             parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]

@@ -212,6 +212,11 @@ class EvalConfig(BaseModel):
         format_dev_sample: Dev examples whose generations choose the format (``"auto"``).
         general_answer_n: General questions whose greedy answers are scored against their
             reference answers at the final ``T`` (general ability; 0: none).
+        chat_path: At the final ``T``, also ask each generated example's prompt and
+            paraphrases as the user turn of the LLM's chat template, as
+            :class:`~recipe_chain.chat_models.RecipeEditedChatModel` does (gate on the user's
+            text, prompt vectors in front of the templated input; text-RAG methods in their
+            chat format), and score the answers (``chat_answer_accuracy``).
 
     Example:
         >>> EvalConfig(edits=100).checkpoints()
@@ -242,6 +247,7 @@ class EvalConfig(BaseModel):
     text_rag_format: Literal["auto", "plain", "chat"] = "auto"
     format_dev_sample: int = Field(default=100, gt=0)
     general_answer_n: int = Field(default=0, ge=0)
+    chat_path: bool = False
 
     @field_validator("methods")
     @classmethod
@@ -390,6 +396,8 @@ class MethodMetrics(BaseModel):
     general_answer_accuracy: float | None = None
     general_answer_delta: float | None = None
     general_answer_delta_ci95: float | None = None
+    chat_answer_accuracy: float | None = None
+    chat_answer_accuracy_paraphrase: float | None = None
     gate: GateStats = Field(default_factory=GateStats)
     added_tokens: AddedTokens = Field(default_factory=AddedTokens)
     conditional: dict[str, float | None] = Field(default_factory=dict)
@@ -844,7 +852,7 @@ def _bar(iterable: Iterable[Any], progress: bool | None, **kwargs: Any) -> Itera
 
 @dataclass(frozen=True)
 class _Row:
-    kind: str  # "prompt" | "paraphrase" | "locality" | "general" | "general_answer"
+    kind: str  # "prompt" | "paraphrase" | "locality" | "general" | "general_answer" | "chat_prompt" | "chat_paraphrase"
     example: int | None  # index into the measured examples
     text: str
     target: str | None  # target_new (prompt/paraphrase), reference answer (locality), None (general)
@@ -1392,6 +1400,16 @@ class LifelongEvaluator:
             for m in computed:
                 plans[m] += [self._plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in extra]
         generated += sorted(answered)
+        if with_latency and self.config.chat_path and self.text_rag.has_chat_template():
+            # the chat path: the same questions as a user's turn of the chat template, gated on that turn
+            extra = [
+                replace(rows[i], kind=f"chat_{rows[i].kind}", chat=True)
+                for i in generated if rows[i].kind in ("prompt", "paraphrase")
+            ]
+            generated += range(len(rows), len(rows) + len(extra))
+            rows = [*rows, *extra]
+            for m in computed:
+                plans[m] += [self._plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in extra]
 
         # 1. greedy generations (unique inputs only)
         gen_keys = {(plans[m][i].text, plans[m][i].prefix) for m in computed for i in generated}
@@ -1440,6 +1458,7 @@ class LifelongEvaluator:
             "general": sum(r.kind == "general" for r in rows),
             "generation_examples": len(examples) if gen_examples is None else len(gen_examples),
             "general_answered": len(answered),
+            "chat_answered": sum(r.kind == "chat_prompt" for r in rows),
         }
         return CheckpointResult(
             t=t,
@@ -1532,7 +1551,7 @@ class LifelongEvaluator:
         if method == "text-rag-oracle":
             if own is None:  # general questions have no edit of their own
                 return _Plan(None, plain, None)
-            return _Plan(own, self.text_rag.text(row.text, statements[own]), None)
+            return _Plan(own, self.text_rag.text(row.text, statements[own], rag_format), None)
         raise ValueError(f"unknown method {method!r}")
 
     # ------------------------------------------------------------------ internals: LLM
@@ -1614,7 +1633,9 @@ class LifelongEvaluator:
         em_g: list[list[bool]] = [[] for _ in range(n_ex)]
         unchanged: list[list[bool]] = [[] for _ in range(n_ex)]
         fired: dict[str, list[bool]] = {"prompt": [], "paraphrase": [], "locality": [], "general": [],
-                                        "general_answer": [], "edited_fact": []}
+                                        "general_answer": [], "edited_fact": [], "chat_prompt": [],
+                                        "chat_paraphrase": []}
+        chat_ok: dict[str, list[list[bool]]] = {k: [[] for _ in range(n_ex)] for k in ("chat_prompt", "chat_paraphrase")}
         correct: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
         rel_ok: list[float] = []
         gen_ok: list[float] = []
@@ -1634,6 +1655,10 @@ class LifelongEvaluator:
                     general_ok.append(A.contains_answer(gen_out[(plan.text, plan.prefix)], r.answers))
                 continue
             if r.kind == "general":
+                continue
+            if r.kind in chat_ok:
+                output = gen_out[(plan.text, plan.prefix)]
+                chat_ok[r.kind][r.example].append(A.answer_correct(output, r.target, old_target=r.old))  # type: ignore[index,arg-type]
                 continue
             own = edit_ids[r.example]  # type: ignore[index]
             is_own = plan.fired == own
@@ -1696,6 +1721,8 @@ class LifelongEvaluator:
             answer_accuracy_paraphrase=M.mean_of_means(ans_g),
             locality_kept=M.mean_of_means(kept_out),
             general_answer_accuracy=M.rate(general_ok),
+            chat_answer_accuracy=M.mean_of_means(chat_ok["chat_prompt"]),
+            chat_answer_accuracy_paraphrase=M.mean_of_means(chat_ok["chat_paraphrase"]),
             gate=GateStats(
                 hit_rate=M.rate(fired["prompt"]),
                 correct_hit_prompt=M.rate(correct["prompt"]),

@@ -169,6 +169,17 @@ def markdown_report(results: EvalResults) -> str:
             ],
         )
 
+    chatted = final.counts.get("chat_answered", 0)
+    if chatted:
+        lines += ["", f"The chat path: the prompts and paraphrases of {chatted} generated examples asked as the user "
+                  "turn of the LLM's chat template (as `RecipeEditedChatModel` asks them; gated on that turn, "
+                  "text-RAG in its chat format), greedy answer accuracy:", ""]
+        lines += _table(
+            ["method", "chat answer acc. prompt", "chat answer acc. paraphrase"],
+            [[f"`{m}`", _f(mm.chat_answer_accuracy), _f(mm.chat_answer_accuracy_paraphrase)]
+             for m, mm in final.methods.items()],
+        )
+
     lines += ["", "## Gate statistics", ""]
     lines += _table(
         ["method", "hit rate (prompt)", "correct hit (prompt)", "correct hit (paraphrase)",

@@ -92,6 +92,7 @@ class SuiteSettings(BaseModel):
     gate_latency_samples: int = 5
     duplicate_facts: str = "skip"
     portability_cases: int = Field(default=100, ge=0)
+    chat_path: bool = True
 
 
 def default_sets() -> list[SuiteSet]:
@@ -188,6 +189,7 @@ def run_suite(
             gate_latency_samples=settings.gate_latency_samples,
             format_dev_sample=settings.format_dev_sample,
             general_answer_n=s.general_answer_n,
+            chat_path=settings.chat_path,
             duplicate_facts=settings.duplicate_facts,  # type: ignore[arg-type]
         )
         key = _key({"set": s.model_dump(), "config": cfg.model_dump(mode="json"), "editor": fingerprint})
@@ -346,6 +348,8 @@ def _summary(results: dict[str, EvalResults], portability: dict[str, Any] | None
                 "general_answer_accuracy": mm.general_answer_accuracy,
                 "general_answer_delta": mm.general_answer_delta,
                 "general_answer_delta_ci95": mm.general_answer_delta_ci95,
+                "chat_answer_accuracy": mm.chat_answer_accuracy,
+                "chat_answer_accuracy_paraphrase": mm.chat_answer_accuracy_paraphrase,
             })
     sets = {
         name: {
@@ -403,6 +407,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
               "retrieval, then a teacher-forced pass of the same target) against `no-edit` (greedy generation "
               "is not comparable across methods: it stops at EOS after different numbers of tokens; each set's "
               "report has it)."]
+    chat = [r for r in summary["rows"] if r.get("chat_answer_accuracy") is not None]
+    if chat:
+        lines += ["", "## The chat path (greedy answer accuracy)", "",
+                  "| set | method | prompt | paraphrase |", "|---|---|---|---|"]
+        lines += [f"| {r['set']} | `{r['method']}` | {_f(r['chat_answer_accuracy'])} | "
+                  f"{_f(r.get('chat_answer_accuracy_paraphrase'))} |" for r in chat]
+        lines += ["", "The generated examples' prompts and paraphrases asked as the user turn of the LLM's chat "
+                  "template, as `RecipeEditedChatModel` asks them (text-RAG in its chat format)."]
     general = [r for r in summary["rows"] if r.get("general_answer_delta") is not None]
     if general:
         lines += ["", "## General ability (NQ-open, greedy answer accuracy)", "",
