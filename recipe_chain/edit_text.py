@@ -19,9 +19,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MAX_UNKNOWN_SHARE", "unknown_pieces", "check_targets_visible"]
+__all__ = ["MAX_UNKNOWN_SHARE", "check_texts", "unknown_pieces", "check_targets_visible"]
 
 MAX_UNKNOWN_SHARE = 0.5  # a target with a larger share of unknown word pieces is refused
+
+
+def check_texts(texts: Sequence[str], what: str = "text") -> list[str]:
+    """``texts`` as a non-empty list of ``str``.
+
+    Raises:
+        TypeError: A single ``str`` (a common slip for a one-item batch), ``None``, or a non-``str`` item.
+        ValueError: An empty batch.
+    """
+    if isinstance(texts, str):
+        raise TypeError(f"Expected a sequence of {what}s, got a single str; wrap it in a list")
+    if texts is None:
+        raise TypeError(f"Expected a sequence of {what}s, got None")
+    texts = list(texts)
+    if not texts:
+        raise ValueError(f"Expected at least one {what}, got an empty batch")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{what.capitalize()} {i} is {type(t).__name__}, expected str")
+    return texts
 
 
 def unknown_pieces(tokenizer: Any, texts: Sequence[str]) -> list[tuple[int, int]]:

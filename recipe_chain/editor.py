@@ -35,6 +35,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from recipe_chain.config import CHECKPOINT_FORMAT_VERSION, RecipeConfig
 from recipe_chain.encoder import KnowledgeEncoder
+from recipe_chain.edit_text import check_texts
 from recipe_chain.errors import CheckpointMismatchError
 from recipe_chain.loading import DEFAULT_ENCODER_ID, llm_id_of, load_default_encoder, load_encoder, resolve_encoder
 from recipe_chain.checkpoint_io import atomic_directory, load_trained_state
@@ -457,7 +458,7 @@ class RecipeEditor(nn.Module):
         return self._encode(queries, batch_size, self.encoder.encode_query_batch)
 
     def _encode(self, texts: Sequence[str], batch_size: int, fn) -> torch.Tensor:  # noqa: ANN001
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         with self._eval_mode():
             parts = [fn(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
         return torch.cat(parts).float()
@@ -561,18 +562,6 @@ def _resolve_backbone(config: RecipeConfig, path: Path) -> tuple[PreTrainedModel
     if config.backbone_tuning == "full":
         return load_encoder(path / _BACKBONE_DIR)
     return resolve_encoder(config.backbone_id, where=f"Checkpoint {path}")
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("Expected a sequence of strings, got a single str; wrap it in a list")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("Expected at least one text, got an empty batch")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"Text {i} is {type(t).__name__}, expected str")
-    return texts
 
 
 def _hash_tensors(tensors: dict[str, torch.Tensor], config: RecipeConfig) -> str:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from recipe_chain.edit_text import check_texts
 from recipe_chain.loading import llm_id_of
 
 __all__ = ["PrefixedCausalLM", "PrefixBatch", "TargetScore", "Prefix"]
@@ -137,12 +138,12 @@ class PrefixedCausalLM:
             ValueError: On an empty batch.
             TypeError: On a non-string item.
         """
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
 
     def tokenize_targets(self, targets: Sequence[str]) -> list[list[int]]:
         """Ids of target continuations, with a leading space, without special tokens."""
-        targets = _check_texts(targets, what="target")
+        targets = check_texts(targets, what="target")
         ids = [self.tokenizer(" " + t.lstrip(), add_special_tokens=False)["input_ids"] for t in targets]
         for t, row in zip(targets, ids):
             if not row:
@@ -315,7 +316,7 @@ class PrefixedCausalLM:
         Returns:
             One :class:`TargetScore` per row; ``.token_accuracy`` is the RECIPE metric.
         """
-        prompts = _check_texts(prompts)
+        prompts = check_texts(prompts)
         if len(prompts) != len(targets):
             raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
         prefixes = self.check_prefixes(prefixes, len(prompts))
@@ -365,7 +366,7 @@ class PrefixedCausalLM:
         Returns:
             The generated continuation per row.
         """
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         results = ["" for _ in texts]
         for results in self._decode(
             texts, prefixes, max_new_tokens, do_sample, temperature, top_p, stop, seed, add_special_tokens
@@ -488,20 +489,6 @@ class PrefixedCausalLM:
             sorted_p = sorted_p * keep
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
-
-
-def _check_texts(texts: Sequence[str], what: str = "text") -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError(f"Expected a sequence of {what}s, got a single str; wrap it in a list")
-    if texts is None:
-        raise TypeError(f"Expected a sequence of {what}s, got None")
-    texts = list(texts)
-    if not texts:
-        raise ValueError(f"Expected at least one {what}, got an empty batch")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"{what.capitalize()} {i} is {type(t).__name__}, expected str")
-    return texts
 
 
 def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:

@@ -28,7 +28,6 @@ from recipe_chain.errors import RecipeChainError, StoreBusyError
 
 __all__ = ["register", "open_store", "load_models", "format_table", "format_demo_report"]
 
-DEFAULT_STORE_PATH = "./recipe-store"
 SERVER_TOKEN_ENV = "RECIPE_CHAIN_SERVER_TOKEN"
 
 
@@ -46,7 +45,7 @@ def open_store(args: argparse.Namespace, editor: Any, *, reading: bool = False) 
         ValueError: If both ``--store`` and ``--server`` are given, or the URL is bad.
         RecipeChainError: If the server cannot be reached.
     """
-    from recipe_chain.store import RecipeKnowledgeStore
+    from recipe_chain.store import DEFAULT_STORE_PATH, RecipeKnowledgeStore
 
     _check_store_options(args)
     namespace = getattr(args, "namespace", None) or "default"
@@ -91,7 +90,7 @@ def _non_empty(value: str, what: str) -> str:
 
 
 
-def _first_line(text: str) -> str:
+def _display_line(text: str) -> str:
     """The first non-blank line of a generated answer (for one-line table cells)."""
     for line in text.splitlines():
         if line.strip():
@@ -265,11 +264,11 @@ def format_demo_report(report: DemoReport, width: int = 24) -> str:
             r.kind,
             r.question,
             expected,
-            _first_line(r.before),
+            _display_line(r.before),
             ("yes " if r.fired else "no ") + _similarities(r.hit_similarity, r.sentinel_similarity, r.verifier_probability),
-            _first_line(r.after),
+            _display_line(r.after),
             "yes" if r.rag_retrieved else "no",
-            _first_line(r.text_rag),
+            _display_line(r.text_rag),
         ])
     headers = ["KIND", "QUESTION", "NEW / REF", "BEFORE (plain)", "FIRED hit>KS / P", "AFTER (RECIPE)", "CTX", "TEXT RAG"]
     lines = []
