@@ -520,3 +520,27 @@ def test_cli_train_target_slots_writes_a_self_contained_checkpoint(files, tmp_pa
     assert lengths[0] < lengths[1] == 4
     prefixes = editor.prefix_vectors(editor.encode_statements([f"X is {t}" for t in targets]), targets)
     assert [p.shape[0] for p in prefixes] == [2 + n for n in lengths]
+
+
+@pytest.mark.integration
+def test_cli_train_retriever_only_keeps_every_prompt_tensor(files, tmp_path: Path) -> None:  # noqa: ANN001
+    """Zero LLM-side loss weights from a trained editor: a new retriever and sentinel for the same prompt vectors.
+
+    The sanity evals in between run the prompt encoder too; they must not move its running statistics.
+    """
+    common = _cli_args_for_a_saved_tiny_llm(files, tmp_path)
+    assert main(["train", *common, "--out", str(tmp_path / "first"), "--steps", "3", "--backbone-tuning", "lora"]) == 0
+    options = ["--init-encoder-from", str(tmp_path / "first" / "checkpoint"), "--freeze-retriever",
+               "--prompt-encoder", "vocab", "--prompt-len", "4", "--prompt-code-dim", "8"]
+    assert main(["train", *common, *options, "--steps", "3", "--out", str(tmp_path / "second")]) == 0
+    second = _trained_tensors(tmp_path / "second")
+    retriever_only = ["--init-from", str(tmp_path / "second" / "checkpoint"), "--weight-reliability", "0",
+                      "--weight-generality", "0", "--weight-locality", "0", "--weight-prompt-tokens", "0",
+                      "--steps", "3", "--eval-interval", "1", "--eval-examples", "4"]
+    assert main(["train", *common, *retriever_only, "--out", str(tmp_path / "third")]) == 0
+    third = _trained_tensors(tmp_path / "third")
+    prompt_side = [n for n in second if n.startswith(("prompt_encoder.", "encoder.prompt_code_head."))]
+    assert any(n.endswith("running_mean") for n in prompt_side)
+    for name in prompt_side:
+        torch.testing.assert_close(third[name], second[name], rtol=0, atol=0)
+    assert not torch.equal(third["encoder.query_head.proj.weight"], second["encoder.query_head.proj.weight"])

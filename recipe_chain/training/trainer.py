@@ -771,6 +771,7 @@ def _train_step(run: _Run, step: int) -> dict[str, float]:
 def _sanity_eval(run: _Run) -> dict[str, float]:
     """Held-out slice: own-prefix token accuracy, in-slice retrieval and locality gate."""
     editor, lm, held = run.editor, run.lm, run.data.held_out
+    editor.eval()  # no dropout, and the prompt encoder's running statistics stay as trained (the caller restores train mode)
     if not held:
         return {}
     keys = editor.encode_statements([ex.statement for ex in held])  # (n, d)
