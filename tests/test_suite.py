@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from recipe_chain.data import DataFormatError, load_edit_examples, split_by_subject
 from recipe_chain.evaluation import harness as H
@@ -187,6 +189,14 @@ def test_suite_writes_the_summary_and_resumes_without_rerunning_finished_sets(tm
     # other settings make a set run again
     run_suite(out, llm, tok, editor, settings.model_copy(update={"gen_sample": 2}), sets[:1], **kwargs)
     assert runs[-1] == "counterfact"
+    # ... and so does another editor (a new checkpoint), though its store was written by the old one
+    other = copy.deepcopy(editor)
+    with torch.no_grad():
+        other.sentinel.token_embeddings.add_(0.01)
+    other.invalidate_fingerprint()
+    assert other.fingerprint != editor.fingerprint
+    run_suite(out, llm, tok, other, settings, sets[:1], **kwargs)
+    assert runs[-1] == "counterfact" and len(runs) == 5
 
 
 def test_suite_names_a_missing_data_file(tmp_path):

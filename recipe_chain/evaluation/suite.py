@@ -125,6 +125,24 @@ def _load_set(s: SuiteSet, data_dir: Path) -> tuple[list[EditExample], list[Edit
     return examples, dev_pool, source
 
 
+def _drop_old_store(set_dir: Path) -> None:
+    """Empty the store of a set that runs from the start.
+
+    The harness empties its collections itself, but only after opening them, and a store
+    written by another editor (an earlier checkpoint) refuses to open.
+    """
+    store = set_dir / "store"
+    if not store.is_dir():
+        return
+    import chromadb
+
+    client = chromadb.PersistentClient(path=str(store))
+    for collection in client.list_collections():
+        name = getattr(collection, "name", collection)
+        logger.info("suite: %s: dropping collection %s of an earlier run", set_dir.name, name)
+        client.delete_collection(name)
+
+
 def run_suite(
     out_dir: str | os.PathLike[str],
     llm: Any,
@@ -221,6 +239,8 @@ def run_suite(
         }
         started = time.perf_counter()
         resume = (set_dir / PARTIAL_FILE).is_file()
+        if not resume:
+            _drop_old_store(set_dir)
         run_kwargs = dict(questions=questions, dev_pool=dev_pool, dev_source=dev_source, run_info=info,
                           out_dir=set_dir)
         try:
@@ -229,6 +249,7 @@ def run_suite(
             if not resume or "another configuration" not in str(exc):
                 raise
             logger.warning("suite: %s: partial results of other settings; starting the set over", s.name)
+            _drop_old_store(set_dir)
             res = evaluator.run(examples, resume=False, **run_kwargs)
         write_report(res, set_dir)
         logger.info("suite: %s done in %.1f min", s.name, (time.perf_counter() - started) / 60)
