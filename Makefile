@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench-store bench-quality bench-scale bench-gate train-verifier train-target-slots clean
+.PHONY: install demo test test-fast bench-store bench-quality bench-scale bench-gate train-verifier train-target-slots train-retriever-mix clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,16 +74,28 @@ train-verifier: $(STAMP)
 		--data ../shared/data/counterfact/train.json ../shared/data/knowedit/wiki_counterfact_train.json \
 		../shared/data/questions/hallueditbench.json ../shared/data/questions/pokemqa_edit2questions.json
 
-# A prompt encoder with target slots (docs/prompt-vectors.md) on the shipped retriever, sentinel and verifier,
-# trained on a mix of CounterFact train, KnowEdit WikiData_counterfact and the HalluEditBench train subjects
-# (~30 min on 2 cores alone) -> runs/target-slots/checkpoint. Resumable: rerun to continue.
+# Step 3 of the shipped checkpoint (docs/training.md): a prompt encoder with target slots (docs/prompt-vectors.md)
+# on phase 2's retriever and sentinel (runs/phase2), on a mix of CounterFact train, KnowEdit WikiData_counterfact
+# and the HalluEditBench train subjects (~45 min on 2 cores) -> runs/target-slots/checkpoint. Resumable.
 train-target-slots: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/recipe-chain train --llm default --out runs/target-slots \
 		--data ../shared/data/counterfact/train.json:0.3 --data ../shared/data/knowedit/wiki_counterfact_train.json \
 		--data ../shared/data/questions/hallueditbench.json:0.5 \
-		--init-encoder-from recipe_chain/checkpoints/smollm2-135m-minilm-l6 --freeze-retriever --prompt-encoder vocab \
+		--init-encoder-from runs/phase2/checkpoint --freeze-retriever --prompt-encoder vocab \
 		--prompt-len 2 --prompt-context-len 2 --prompt-target-slots 8 --prompt-code-dim 256 \
 		--steps 400 --threads 2 --eval-interval 100 --checkpoint-interval 50
+
+# Step 5 of the shipped checkpoint: a new retriever and Knowledge Sentinel for step 3's prompt encoder (the LLM-side
+# losses are off, so the prompt side stays as it is), on five sources with both kinds of hard negative and with
+# question-form and statement-form inputs (~25 min on 2 cores) -> runs/retriever-mix/checkpoint. Resumable.
+train-retriever-mix: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/recipe-chain train --llm default --out runs/retriever-mix \
+		--data ../shared/data/counterfact/train.json:0.3 --data ../shared/data/knowedit/wiki_counterfact_train.json \
+		--data ../shared/data/questions/hallueditbench.json:0.5 \
+		--data ../shared/data/questions/pokemqa_edit2questions.json:0.3 --data ../shared/data/mquake/mquake_hard.json \
+		--extra-locality ../shared/data/general/nq-open.jsonl --init-from runs/target-slots/checkpoint \
+		--weight-reliability 0 --weight-generality 0 --weight-locality 0 --weight-prompt-tokens 0 \
+		--batch-size 16 --steps 1200 --threads 2 --eval-interval 300 --checkpoint-interval 100
 
 clean:
 	rm -rf $(VENV) build *.egg-info
