@@ -66,7 +66,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _methods(values: list[str]) -> tuple[str, ...]:
-    from recipe_chain.evaluation.harness import METHODS
+    from recipe_chain.evaluation.config import METHODS
 
     names = [part for value in values for part in value.replace(" ", "").split(",") if part]
     unknown = [n for n in names if n not in METHODS]
@@ -167,13 +167,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):  # noqa: ANN201
-    """The :class:`~recipe_chain.evaluation.harness.EvalConfig` an argument namespace describes.
+    """The :class:`~recipe_chain.evaluation.config.EvalConfig` an argument namespace describes.
 
     Raises:
         ValueError: ``--edits`` missing (without ``--quick``), an unknown method, or an
             out-of-range setting.
     """
-    from recipe_chain.evaluation.harness import EvalConfig
+    from recipe_chain.evaluation.config import EvalConfig
 
     values: dict[str, Any] = {}
     if args.quick:
@@ -206,7 +206,7 @@ def _git_commit() -> str | None:
 
 
 def _file_info(path: Path, **extra: Any) -> dict[str, Any]:
-    from recipe_chain.evaluation.harness import file_sha256
+    from recipe_chain.evaluation.selection import file_sha256
 
     return {"path": str(path), "sha256": file_sha256(path), **extra}
 

@@ -81,22 +81,18 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import platform
 import random
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -104,694 +100,42 @@ from recipe_chain.data import EditExample, LocalityPrompt
 from recipe_chain.editor import RecipeEditor
 from recipe_chain.evaluation import answers as A
 from recipe_chain.evaluation import metrics as M
+from recipe_chain.evaluation.config import NEEDS_DEV, EvalConfig
 from recipe_chain.evaluation.edited_facts import EditedFacts
+from recipe_chain.evaluation.results import (
+    AddedTokens,
+    CheckpointResult,
+    EvalResults,
+    GateLatencyPoint,
+    GateStats,
+    MethodLatency,
+    MethodMetrics,
+    QuestionMetrics,
+    TextRagThreshold,
+    machine_info,
+    peak_memory_mib,
+)
+from recipe_chain.evaluation.resume import JOURNAL_FILE, PARTIAL_FILE, RunState, load_partial, run_key, save_partial
+from recipe_chain.evaluation.selection import Selection, fits_encoder, select_examples
+from recipe_chain.evaluation.text_rag_baseline import TextRagBaseline, TextRagTuning
+from recipe_chain.evaluation.thresholds import best_threshold
 from recipe_chain.loading import llm_id_of
 from recipe_chain.prefix_lm import PrefixedCausalLM, TargetScore
-from recipe_chain.evaluation.text_rag_baseline import TextRagBaseline, TextRagTuning
 from recipe_chain.statement_index import StatementHit
-from recipe_chain.store import normalize_prompt
 from recipe_chain.text_rag import CONTEXT_SEPARATOR, format_text_rag_prompt
 
-__all__ = [
-    "Method",
-    "METHODS",
-    "EvalConfig",
-    "GateStats",
-    "AddedTokens",
-    "MethodLatency",
-    "MethodMetrics",
-    "CheckpointResult",
-    "GateLatencyPoint",
-    "TextRagThreshold",
-    "TextRagTuning",
-    "QuestionMetrics",
-    "EvalResults",
-    "Selection",
-    "LifelongEvaluator",
-    "select_examples",
-    "best_threshold",
-    "make_store_factory",
-    "machine_info",
-    "file_sha256",
-    "peak_memory_mib",
-    "PARTIAL_FILE",
-    "JOURNAL_FILE",
-    "RESULTS_SCHEMA_VERSION",
-]
+__all__ = ["LifelongEvaluator", "StoreFactory", "make_store_factory"]
 
 logger = logging.getLogger(__name__)
-
-Method = Literal[
-    "no-edit", "recipe", "recipe-no-gate", "text-rag", "text-rag-top1", "text-rag-recipe-sim", "text-rag-oracle"
-]
-"""Names of the compared methods."""
-
-METHODS: tuple[str, ...] = get_args(Method)
-"""All methods, in report order."""
-
-PARTIAL_FILE = "results.partial.json"
-JOURNAL_FILE = "llm_outputs.partial.jsonl"
-RESULTS_SCHEMA_VERSION = 1
-
-THRESHOLD_PROCEDURE = (
-    "text-rag-recipe-sim admits the store's top-1 edit iff its RECIPE similarity q.k/sqrt(d) >= threshold. "
-    "The threshold is tuned on a dev split disjoint from the T evaluated examples (no shared prompt): "
-    "the D dev statements are edited into a separate, temporary store namespace, every dev prompt, "
-    "paraphrase and locality prompt is gated once, and over the observed top-1 similarities the "
-    "threshold maximising (share of dev prompts/paraphrases whose top-1 is their own edit and is "
-    "admitted + share of dev locality prompts not admitted) / 2 is chosen (lowest on ties), then moved "
-    "halfway down to the next lower observed similarity (same dev decisions, a margin for unseen "
-    "queries). 'Always admit' is stored as min - 1, 'never' as max + 1. Caveat: the dev store holds D "
-    "edits while the evaluated store holds T; similarities of the best unrelated edit grow with store size."
-)
 
 _SCORED_KINDS = ("prompt", "paraphrase", "locality")
 _FIRING_METHODS = ("recipe", "recipe-no-gate", "text-rag", "text-rag-top1", "text-rag-recipe-sim", "text-rag-oracle")
 _TEXT_RAG_METHODS = ("text-rag", "text-rag-top1", "text-rag-oracle")
 """Methods that put a statement in front of the query in the dev-chosen prompt format."""
-_NEEDS_DEV = ("text-rag", "text-rag-recipe-sim")
-
-
-# ====================================================================================
-# configuration and result models
-
-
-class EvalConfig(BaseModel):
-    """Settings of one lifelong-editing evaluation run.
-
-    Attributes:
-        edits: ``T``, the number of sequential edits (and of evaluated examples).
-        seed: Seed of the shuffle, the dev split and every sample drawn.
-        methods: The methods to report (``no-edit`` is always computed internally: it is
-            the locality reference).
-        dev_size: Dev examples for tuning the text-RAG threshold (0 only without text-rag).
-        general_n: Questions used for the false-fire rate on general questions.
-        t_grid: Store sizes at which metrics are measured (values above ``edits`` are
-            dropped; ``edits`` itself is always measured).
-        checkpoint_sample: Most examples measured at an intermediate checkpoint.
-        final_sample: Most examples measured at the final ``T`` (a seeded subsample of the
-            ``T`` edits, all of which are in the store). ``None``: all of them.
-        gen_sample: Most examples whose greedy generations are measured per checkpoint
-            (the user-visible metrics; a seeded subsample). ``None``: all. Teacher-forced
-            metrics and gate statistics always cover every measured example.
-        latency_samples: Queries timed per method at the end (batch size 1).
-        gate_latency_samples: Gate calls timed per store-size probe.
-        gen_tokens: New tokens of every greedy generation.
-        batch_size: Rows per teacher-forced scoring batch.
-        gen_batch_size: Rows per generation batch.
-        gate_batch_size: Texts per ``gate_batch`` call.
-        gate_margin: Extra margin of the store's gate (recorded; the store applies it).
-        candidate_k: Candidates the store re-scores per query (recorded; the store applies it).
-        duplicate_facts: ``"skip"`` examples repeating an already taken prompt, or take
-            them too and let them ``"supersede"`` the earlier edit (see :func:`select_examples`).
-        dev_general_n: General questions (after the ``general_n`` measured ones) used as
-            dev negatives when tuning text-rag's threshold.
-        text_rag_format: Prompt format of the text-RAG methods: ``"plain"`` (the statement
-            in front of the query), ``"chat"`` (the LLM's chat template, statement in the
-            system message, query as the user turn) or ``"auto"``: the better on dev.
-        format_dev_sample: Dev examples whose generations choose the format (``"auto"``).
-        general_answer_n: General questions whose greedy answers are scored against their
-            reference answers at the final ``T`` (general ability; 0: none).
-        chat_path: At the final ``T``, also ask each generated example's prompt and
-            paraphrases as the user turn of the LLM's chat template, as
-            :class:`~recipe_chain.chat_models.RecipeEditedChatModel` does (gate on the user's
-            text, prompt vectors in front of the templated input; text-RAG methods in their
-            chat format), and score the answers (``chat_answer_accuracy``).
-
-    Example:
-        >>> EvalConfig(edits=100).checkpoints()
-        [1, 10, 100]
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    edits: int = Field(gt=0)
-    seed: int = 0
-    methods: tuple[Method, ...] = METHODS  # type: ignore[assignment]
-    dev_size: int = Field(default=200, ge=0)
-    general_n: int = Field(default=1000, ge=0)
-    t_grid: tuple[int, ...] = (1, 10, 100, 1000, 10000)
-    checkpoint_sample: int = Field(default=1000, gt=0)
-    final_sample: int | None = Field(default=None, gt=0)
-    gen_sample: int | None = Field(default=None, gt=0)
-    latency_samples: int = Field(default=50, ge=0)
-    gate_latency_samples: int = Field(default=20, ge=0)
-    gen_tokens: int = Field(default=16, gt=0)
-    batch_size: int = Field(default=16, gt=0)
-    gen_batch_size: int = Field(default=16, gt=0)
-    gate_batch_size: int = Field(default=256, gt=0)
-    gate_margin: float = 0.0
-    candidate_k: int = Field(default=8, gt=0)
-    duplicate_facts: Literal["skip", "supersede"] = "skip"
-    dev_general_n: int = Field(default=200, ge=0)
-    text_rag_format: Literal["auto", "plain", "chat"] = "auto"
-    format_dev_sample: int = Field(default=100, gt=0)
-    general_answer_n: int = Field(default=0, ge=0)
-    chat_path: bool = False
-
-    @field_validator("methods")
-    @classmethod
-    def _unique_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("at least one method is required")
-        if len(set(value)) != len(value):
-            raise ValueError(f"methods repeat: {list(value)}")
-        return tuple(m for m in METHODS if m in value)  # canonical order
-
-    @field_validator("t_grid")
-    @classmethod
-    def _positive_grid(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(t < 1 for t in value):
-            raise ValueError(f"t_grid values must be >= 1, got {list(value)}")
-        return tuple(sorted(set(value)))
-
-    @model_validator(mode="after")
-    def _dev_needed(self) -> "EvalConfig":
-        needing = [m for m in _NEEDS_DEV if m in self.methods]
-        if needing and self.dev_size < 1:
-            raise ValueError(f"{', '.join(needing)} needs dev_size >= 1 to tune its similarity threshold")
-        return self
-
-    def checkpoints(self) -> list[int]:
-        """Store sizes at which metrics are measured, ascending, ending at ``edits``."""
-        return sorted({t for t in self.t_grid if t < self.edits} | {self.edits})
-
-    def gate_probes(self) -> list[int]:
-        """Store sizes at which gate latency is timed: checkpoints plus a 1-2-5 series."""
-        sizes = set(self.checkpoints())
-        base = 1
-        while base <= self.edits:
-            sizes.update(s for s in (base, 2 * base, 5 * base) if s <= self.edits)
-            base *= 10
-        return sorted(sizes)
-
-
-class GateStats(BaseModel):
-    """Which edit a method used, as shares of queries (``None``: not applicable).
-
-    Attributes:
-        hit_rate: Edit prompts on which the method used some edit.
-        correct_hit_prompt: Edit prompts on which it used the example's own edit.
-        correct_hit_paraphrase: Paraphrases on which it used the example's own edit.
-        false_fire_locality: Locality prompts on which it used any edit (prompts that
-            ask a fact edited in the store are not counted: see ``fire_on_edited_fact``).
-        false_fire_general: General questions on which it used any edit.
-        fire_on_edited_fact: Locality prompts that ask a fact another stored edit
-            changed (:mod:`recipe_chain.evaluation.edited_facts`) on which it used an edit;
-            there firing is right.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    hit_rate: float | None = None
-    correct_hit_prompt: float | None = None
-    correct_hit_paraphrase: float | None = None
-    false_fire_locality: float | None = None
-    false_fire_general: float | None = None
-    fire_on_edited_fact: float | None = None
-
-
-class AddedTokens(BaseModel):
-    """Input tokens a method adds per scored query (prompts, paraphrases, locality prompts).
-
-    Attributes:
-        llm_text: Mean extra text tokens in the LLM's tokenizer.
-        cl100k: Mean extra text tokens in tiktoken ``cl100k_base`` (``None`` if unavailable).
-        virtual: Mean continuous prompt vectors prefixed (RECIPE's prefix length per fire).
-        llm_total: ``llm_text + virtual``: extra positions the LLM processes.
-        fired_share: Share of scored queries on which the method added anything.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    llm_text: float | None = None
-    cl100k: float | None = None
-    virtual: float | None = None
-    llm_total: float | None = None
-    fired_share: float | None = None
-
-
-class MethodLatency(BaseModel):
-    """Per-query latency of one method (batch size 1), including its retrieval/gating.
-
-    Attributes:
-        score_s: ``{"n","mean","p50","p95"}`` seconds of one teacher-forced scoring.
-        generate_s: The same for one greedy generation of ``gen_tokens`` new tokens.
-        generated_tokens_mean: Mean tokens actually generated (EOS may stop early).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    score_s: dict[str, float | int | None]
-    generate_s: dict[str, float | int | None]
-    generated_tokens_mean: float | None = None
-
-
-class MethodMetrics(BaseModel):
-    """Every metric of one method at one checkpoint (values in ``[0, 1]`` or ``None``).
-
-    Attributes:
-        reliability: Teacher-forced token accuracy of ``target_new`` on edit prompts.
-        generality: The same on paraphrases.
-        locality: Share of the unedited model's argmax tokens kept on locality prompts,
-            leaving out those that ask a fact edited in the store
-            (:mod:`recipe_chain.evaluation.edited_facts`).
-        locality_all_prompts: The same over every locality prompt, those included.
-        em_prompt: Greedy-generation exact match of ``target_new`` on edit prompts.
-        em_paraphrase: The same on paraphrases.
-        locality_unchanged: Share of locality prompts whose greedy output is unchanged.
-        answer_accuracy: Edit prompts whose greedy answer reads as the new target
-            (:func:`recipe_chain.evaluation.answers.answer_correct`: its first sentence
-            names the new target and not the old answer).
-        answer_accuracy_paraphrase: The same on paraphrases.
-        locality_kept: Locality prompts whose first sentence reads as the unedited
-            model's (:func:`recipe_chain.evaluation.answers.locality_kept`).
-        general_answer_accuracy: General questions whose greedy answer names a reference
-            answer (final ``T`` only, ``general_answer_n`` questions).
-        general_answer_delta: ``general_answer_accuracy`` minus the unedited model's, on
-            the same questions (an empty store never fires, so this is the change the
-            ``T`` edits make to general ability).
-        general_answer_delta_ci95: Half-width of the 95 % normal interval of that paired
-            difference: a delta inside it is noise.
-        gate: :class:`GateStats`.
-        added_tokens: :class:`AddedTokens`.
-        conditional: Diagnostics: ``reliability_given_correct_hit``,
-            ``generality_given_correct_hit``, ``locality_given_fire``,
-            ``locality_given_no_fire``.
-        latency: :class:`MethodLatency` (final measurement only).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    reliability: float | None = None
-    generality: float | None = None
-    locality: float | None = None
-    locality_all_prompts: float | None = None
-    em_prompt: float | None = None
-    em_paraphrase: float | None = None
-    locality_unchanged: float | None = None
-    answer_accuracy: float | None = None
-    answer_accuracy_paraphrase: float | None = None
-    locality_kept: float | None = None
-    general_answer_accuracy: float | None = None
-    general_answer_delta: float | None = None
-    general_answer_delta_ci95: float | None = None
-    chat_answer_accuracy: float | None = None
-    chat_answer_accuracy_paraphrase: float | None = None
-    gate: GateStats = Field(default_factory=GateStats)
-    added_tokens: AddedTokens = Field(default_factory=AddedTokens)
-    conditional: dict[str, float | None] = Field(default_factory=dict)
-    latency: MethodLatency | None = None
-
-
-class CheckpointResult(BaseModel):
-    """The measurement after the first ``t`` sequential edits.
-
-    Attributes:
-        t: Store size (edits made so far).
-        n_measured: Examples measured (``t`` unless subsampled or superseded).
-        subsampled: Whether a random subsample of the ``t`` examples was measured.
-        n_superseded_excluded: Measured examples left out because the store marked their
-            edit superseded.
-        counts: Query rows per kind (``prompt``, ``paraphrase``, ``locality``,
-            ``locality_scored``, ``locality_edited_fact`` (left out of ``locality``),
-            ``general``).
-        methods: :class:`MethodMetrics` per reported method.
-        diagnostics: Store-level figures for attributing errors: top-1 retrieval accuracy,
-            how often the gate admits a correct top-1, similarity summaries.
-        gate_batch_s: Wall time of gating every query once.
-        wall_s: Wall time of the whole measurement.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    t: int
-    n_measured: int
-    subsampled: bool
-    n_superseded_excluded: int = 0
-    counts: dict[str, int]
-    methods: dict[str, MethodMetrics]
-    diagnostics: dict[str, float | None] = Field(default_factory=dict)
-    gate_batch_s: float
-    wall_s: float
-
-
-class GateLatencyPoint(BaseModel):
-    """Latency of one ``store.gate(text)`` call (batch size 1) at a store size."""
-
-    model_config = ConfigDict(frozen=True)
-
-    store_size: int
-    n: int
-    mean_s: float | None
-    p50_s: float | None
-    p95_s: float | None
-
-
-class TextRagThreshold(BaseModel):
-    """The tuned text-RAG similarity threshold and how it was obtained."""
-
-    model_config = ConfigDict(frozen=True)
-
-    value: float
-    procedure: str = THRESHOLD_PROCEDURE
-    dev_size: int
-    dev_source: str
-    dev_rows: dict[str, int]
-    dev_objective: float
-    dev_hit_accuracy: float | None
-    dev_non_fire: float | None
-
-
-class QuestionMetrics(BaseModel):
-    """One method's answers to questions asked after a set of edits (portability).
-
-    Attributes:
-        n: Questions asked.
-        answer_accuracy: Share whose greedy answer names an accepted answer.
-        fired: Share on which the method used an edit.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    n: int
-    answer_accuracy: float | None
-    fired: float | None
-
-
-class Selection(BaseModel):
-    """Which examples a run evaluates, and which it tunes on.
-
-    Attributes:
-        eval_examples: The ``T`` examples, in editing order.
-        dev_examples: The dev split (disjoint prompts).
-        n_available: Examples read from the data file.
-        n_too_long: Examples left out because a text exceeds the encoder's token limit.
-        n_duplicate_prompts: Examples met while taking the ``T`` whose prompt repeats an
-            already taken one (skipped, or taken to supersede it; see ``duplicate_facts``).
-        duplicate_facts: ``"skip"`` or ``"supersede"``.
-        dev_source: Where the dev split comes from.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    eval_examples: list[EditExample]
-    dev_examples: list[EditExample]
-    n_available: int
-    n_too_long: int
-    n_duplicate_prompts: int
-    duplicate_facts: str = "skip"
-    dev_source: str
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-able counts (without the examples)."""
-        return {
-            "n_available": self.n_available,
-            "n_too_long": self.n_too_long,
-            "n_duplicate_prompts": self.n_duplicate_prompts,
-            "duplicate_facts": self.duplicate_facts,
-            "n_eval": len(self.eval_examples),
-            "n_dev": len(self.dev_examples),
-            "dev_source": self.dev_source,
-            "eval_sha256": _examples_hash(self.eval_examples),
-        }
-
-
-class EvalResults(BaseModel):
-    """Everything a run measured, plus its full configuration (``results.json``).
-
-    Attributes:
-        schema_version: Version of this layout.
-        complete: False in ``results.partial.json`` while a run is in progress.
-        config: The :class:`EvalConfig` plus run information (LLM id, checkpoint
-            fingerprint, data file and hash, ...).
-        machine: Python/torch versions, platform, CPU count, threads.
-        selection: :meth:`Selection.summary`.
-        text_rag_threshold: The RECIPE-similarity threshold of ``text-rag-recipe-sim``.
-        text_rag_tuning: The fair text-RAG baseline's threshold and prompt format.
-        edit_latency_s: ``{"n","mean","p50","p95"}`` of ``store.add_edit``.
-        gate_latency: Gate latency against store size.
-        checkpoints: Measurements at each ``t`` of the grid, ascending.
-        final: The measurement at ``T`` (also the last checkpoint), with latencies.
-        peak_memory_mib: Peak resident memory of the process.
-        wall_time_s: Wall time of the run (all sessions of a resumed run).
-        phase_times_s: Wall time per phase.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    schema_version: int = RESULTS_SCHEMA_VERSION
-    complete: bool
-    config: dict[str, Any]
-    machine: dict[str, Any]
-    selection: dict[str, Any]
-    text_rag_threshold: TextRagThreshold | None = None
-    text_rag_tuning: TextRagTuning | None = None
-    edit_latency_s: dict[str, float | int | None]
-    gate_latency: list[GateLatencyPoint]
-    checkpoints: list[CheckpointResult]
-    final: CheckpointResult | None = None
-    peak_memory_mib: float | None = None
-    wall_time_s: float
-    phase_times_s: dict[str, float]
 
 
 # ====================================================================================
 # helpers
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _examples_hash(examples: Sequence[EditExample]) -> str:
-    digest = hashlib.sha256()
-    for ex in examples:
-        digest.update(ex.model_dump_json().encode())
-    return digest.hexdigest()[:16]
-
-
-def peak_memory_mib() -> float | None:
-    """Peak resident set size of this process in MiB (``None`` where unsupported)."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def machine_info() -> dict[str, Any]:
-    """Versions and hardware of this machine, for the results file."""
-    import transformers
-
-    try:
-        import chromadb
-
-        chroma_version = chromadb.__version__
-    except Exception:  # pragma: no cover - chromadb is a dependency
-        chroma_version = None
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "chromadb": chroma_version,
-        "cuda": torch.cuda.is_available(),
-    }
-
-
-def _example_texts(ex: EditExample) -> list[str]:
-    return [ex.statement, ex.prompt, *ex.paraphrases, *(loc.prompt for loc in ex.locality)]
-
-
-def _fits_encoder(examples: Sequence[EditExample], tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[bool]:
-    """Whether every text of each example is within the knowledge encoder's token limit."""
-    texts: list[str] = []
-    owners: list[int] = []
-    for i, ex in enumerate(examples):
-        for text in _example_texts(ex):
-            texts.append(text)
-            owners.append(i)
-    ok = [True] * len(examples)
-    for start in range(0, len(texts), 4096):
-        lengths = [len(ids) for ids in tokenizer(texts[start : start + 4096])["input_ids"]]
-        for j, n in enumerate(lengths):
-            if n > max_length:
-                ok[owners[start + j]] = False
-    return ok
-
-
-def select_examples(
-    examples: Sequence[EditExample],
-    edits: int,
-    *,
-    seed: int,
-    dev_size: int,
-    dev_pool: Sequence[EditExample] | None = None,
-    dev_source: str = "same file",
-    fits: Callable[[Sequence[EditExample]], list[bool]] | None = None,
-    duplicate_facts: Literal["skip", "supersede"] = "skip",
-) -> Selection:
-    """Shuffle with ``seed``, take ``edits`` examples and a disjoint dev split.
-
-    Args:
-        examples: The loaded examples.
-        edits: ``T``.
-        seed: Shuffle seed.
-        dev_size: Dev examples wanted.
-        dev_pool: Take the dev split from these instead of the rest of ``examples``
-            (e.g. a training file); prompts shared with the evaluated examples are skipped.
-        dev_source: How to describe the dev pool in the results.
-        fits: Returns, per example, whether its texts fit the encoder (all fit if ``None``).
-        duplicate_facts: What to do with an example whose prompt (normalised as the store
-            does, :func:`~recipe_chain.store.normalize_prompt`) repeats an already taken
-            one: ``"skip"`` it (the ``T`` edits are ``T`` distinct facts), or take it too
-            (``"supersede"``: its edit supersedes the earlier one in the store, like a
-            correction; the superseded example is then left out of measurement).
-
-    Returns:
-        The :class:`Selection`.
-
-    Raises:
-        ValueError: If fewer than ``edits`` usable examples exist, or a dev split of
-            ``dev_size`` is asked for and none can be formed.
-    """
-    if edits < 1:
-        raise ValueError(f"edits must be >= 1, got {edits}")
-    if duplicate_facts not in ("skip", "supersede"):
-        raise ValueError(f"duplicate_facts must be 'skip' or 'supersede', got {duplicate_facts!r}")
-    examples = list(examples)
-    ok = fits(examples) if fits is not None else [True] * len(examples)
-    n_too_long = ok.count(False)
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    seen: set[str] = set()
-    chosen: list[EditExample] = []
-    rest: list[EditExample] = []
-    duplicates = 0
-    for i in order:
-        if not ok[i]:
-            continue
-        key = normalize_prompt(examples[i].prompt)
-        repeated = key in seen
-        seen.add(key)
-        if len(chosen) < edits:
-            duplicates += repeated
-            if not repeated or duplicate_facts == "supersede":
-                chosen.append(examples[i])
-        elif not repeated:
-            rest.append(examples[i])
-    if len(chosen) < edits:
-        hint = (
-            "; pass --duplicate-facts supersede to also edit repeated facts (the later edit supersedes the earlier, "
-            "which is then not measured)"
-            if duplicate_facts == "skip" and duplicates
-            else ""
-        )
-        kind = "with distinct prompts " if duplicate_facts == "skip" else ""
-        raise ValueError(
-            f"Asked for {edits} edits but the data has only {len(chosen)} usable examples {kind}"
-            f"({len(examples)} read, {n_too_long} too long for the encoder){hint}"
-        )
-    dev: list[EditExample] = []
-    if dev_size:
-        if dev_pool is not None:
-            pool = list(dev_pool)
-            pool_ok = fits(pool) if fits is not None else [True] * len(pool)
-            pool_order = list(range(len(pool)))
-            random.Random(seed + 1).shuffle(pool_order)
-            for i in pool_order:
-                if len(dev) >= dev_size:
-                    break
-                key = normalize_prompt(pool[i].prompt)
-                if pool_ok[i] and key not in seen:
-                    seen.add(key)
-                    dev.append(pool[i])
-        else:
-            dev = rest[:dev_size]
-        if not dev:
-            raise ValueError(
-                f"No examples are left for a dev split of {dev_size} (the data holds {len(chosen)} usable examples "
-                "and all are evaluated); pass a separate dev file (--dev-data, e.g. "
-                "../shared/data/counterfact/train.json) or lower --edits"
-            )
-        if len(dev) < dev_size:
-            logger.warning("Only %d dev examples available (asked for %d)", len(dev), dev_size)
-    return Selection(
-        eval_examples=chosen,
-        dev_examples=dev,
-        n_available=len(examples),
-        n_too_long=n_too_long,
-        n_duplicate_prompts=duplicates,
-        duplicate_facts=duplicate_facts,
-        dev_source=dev_source if dev_size else "none",
-    )
-
-
-def best_threshold(
-    hit_sims: Sequence[float], hit_correct: Sequence[bool], nonhit_sims: Sequence[float]
-) -> tuple[float, float, float | None, float | None]:
-    """The text-RAG admission threshold that best separates dev queries.
-
-    A query is admitted iff its top-1 similarity ``>= threshold``. Success on a query that
-    should hit: its top-1 is correct and admitted; on one that should not: not admitted.
-
-    Args:
-        hit_sims: Top-1 similarity of each dev prompt/paraphrase.
-        hit_correct: Whether that top-1 is the query's own edit.
-        nonhit_sims: Top-1 similarity of each dev locality prompt.
-
-    Returns:
-        ``(threshold, objective, hit_accuracy, non_fire)`` where ``objective`` is the mean
-        of the two accuracies that exist (see :data:`THRESHOLD_PROCEDURE`).
-
-    Raises:
-        ValueError: If there are no similarities at all, or the lengths disagree.
-
-    Example:
-        >>> best_threshold([3.0, 2.0], [True, True], [1.0])[:2]
-        (1.5, 1.0)
-    """
-    if len(hit_sims) != len(hit_correct):
-        raise ValueError("hit_sims and hit_correct differ in length")
-    observed = sorted(set(float(s) for s in [*hit_sims, *nonhit_sims]))
-    if not observed:
-        raise ValueError("no dev similarities to tune a threshold on")
-    correct = torch.tensor(sorted(float(s) for s, c in zip(hit_sims, hit_correct) if c), dtype=torch.float64)
-    negatives = torch.tensor(sorted(float(s) for s in nonhit_sims), dtype=torch.float64)
-    candidates = torch.tensor([*observed, observed[-1] + 1.0], dtype=torch.float64)  # last: never admit
-    parts = []
-    hit_acc = non_fire = None
-    if hit_sims:
-        admitted_correct = len(correct) - torch.searchsorted(correct, candidates, right=False)  # sims >= tau
-        hit_acc = admitted_correct.double() / len(hit_sims)
-        parts.append(hit_acc)
-    if len(negatives):
-        non_fire = torch.searchsorted(negatives, candidates, right=False).double() / len(negatives)  # sims < tau
-        parts.append(non_fire)
-    objective = torch.stack(parts).mean(0)
-    best = int(torch.argmax(objective))  # first maximum: the lowest threshold
-    if best == len(observed):
-        value = observed[-1] + 1.0
-    elif best == 0:
-        value = observed[0] - 1.0
-    else:
-        value = (observed[best - 1] + observed[best]) / 2
-    return (
-        float(value),
-        float(objective[best]),
-        None if hit_acc is None else float(hit_acc[best]),
-        None if non_fire is None else float(non_fire[best]),
-    )
 
 
 StoreFactory = Callable[[str], Any]
@@ -972,10 +316,10 @@ class LifelongEvaluator:
             examples,
             self.config.edits,
             seed=self.config.seed,
-            dev_size=self.config.dev_size if any(m in self.config.methods for m in _NEEDS_DEV) else 0,
+            dev_size=self.config.dev_size if any(m in self.config.methods for m in NEEDS_DEV) else 0,
             dev_pool=dev_pool,
             dev_source=dev_source,
-            fits=lambda exs: _fits_encoder(exs, enc_tok, max_len),
+            fits=lambda exs: fits_encoder(exs, enc_tok, max_len),
             duplicate_facts=self.config.duplicate_facts,
         )
 
@@ -1041,14 +385,14 @@ class LifelongEvaluator:
             "n_dev_general_questions": len(dev_questions) if "text-rag" in cfg.methods else 0,
             **(run_info or {}),
         }
-        config_key = _config_key(config_dump, selection)
+        config_key = run_key(config_dump, selection)
         out = Path(out_dir) if out_dir is not None else None
 
-        state = _RunState()
+        state = RunState()
         if resume:
             if out is None:
                 raise ValueError("resume needs out_dir (where results.partial.json lives)")
-            state = _load_partial(out / PARTIAL_FILE, config_key)
+            state = load_partial(out / PARTIAL_FILE, config_key)
         self._journal = None
         if out is not None:
             self._journal_open(out / JOURNAL_FILE, config_key, resume)
@@ -1118,7 +462,7 @@ class LifelongEvaluator:
                 _log_checkpoint(result)
                 state.t_done = t
                 if out is not None and not final:
-                    _save_partial(
+                    save_partial(
                         out / PARTIAL_FILE,
                         config_key,
                         state,
@@ -1987,7 +1331,7 @@ class LifelongEvaluator:
 
     def _results(
         self,
-        state: "_RunState",
+        state: "RunState",
         config_dump: dict[str, Any],
         selection: Selection,
         phases: dict[str, float],
@@ -2012,70 +1356,6 @@ class LifelongEvaluator:
             wall_time_s=state.wall_s_before + (time.perf_counter() - started),
             phase_times_s=dict(phases),
         )
-
-
-# ====================================================================================
-# resumable state
-
-
-@dataclass
-class _RunState:
-    t_done: int = 0
-    edit_latencies: list[float] = field(default_factory=list)
-    checkpoints: list[CheckpointResult] = field(default_factory=list)
-    gate_latency: list[GateLatencyPoint] = field(default_factory=list)
-    threshold: TextRagThreshold | None = None
-    rag_tuning: TextRagTuning | None = None
-    wall_s_before: float = 0.0
-
-
-_VOLATILE_RUN_INFO = ("command", "git_commit")
-"""Run-information keys that may differ between a run and its resumption."""
-
-
-def _config_key(config_dump: dict[str, Any], selection: Selection) -> str:
-    stable = {k: v for k, v in config_dump.items() if k not in _VOLATILE_RUN_INFO}
-    payload = json.dumps({"config": stable, "selection": selection.summary()}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _save_partial(path: Path, config_key: str, state: _RunState, results: EvalResults) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = results.model_dump(mode="json")
-    payload["resume"] = {
-        "config_key": config_key,
-        "t_done": state.t_done,
-        "edit_latencies_s": state.edit_latencies,
-        "wall_time_s": results.wall_time_s,
-    }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    logger.info("Wrote partial results after %d edits to %s", state.t_done, path)
-
-
-def _load_partial(path: Path, config_key: str) -> _RunState:
-    if not path.is_file():
-        logger.info("No partial results at %s; starting a fresh run", path)
-        return _RunState()
-    raw = json.loads(path.read_text())
-    resume = raw.get("resume") or {}
-    if resume.get("config_key") != config_key:
-        raise ValueError(
-            f"{path} was written by a run with another configuration (data, seed, T, methods, models or "
-            "settings differ); start over without --resume or use another --out"
-        )
-    threshold = raw.get("text_rag_threshold")
-    rag_tuning = raw.get("text_rag_tuning")
-    return _RunState(
-        rag_tuning=TextRagTuning.model_validate(rag_tuning) if rag_tuning else None,
-        t_done=int(resume["t_done"]),
-        edit_latencies=[float(x) for x in resume.get("edit_latencies_s", [])],
-        checkpoints=[CheckpointResult.model_validate(c) for c in raw.get("checkpoints", [])],
-        gate_latency=[GateLatencyPoint.model_validate(g) for g in raw.get("gate_latency", [])],
-        threshold=TextRagThreshold.model_validate(threshold) if threshold else None,
-        wall_s_before=float(resume.get("wall_time_s", 0.0)),
-    )
 
 
 def _log_checkpoint(result: CheckpointResult) -> None:

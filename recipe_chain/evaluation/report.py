@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from recipe_chain.evaluation.harness import CheckpointResult, EvalResults, MethodMetrics
+from recipe_chain.evaluation.results import CheckpointResult, EvalResults, MethodMetrics
 
 __all__ = [
     "PLOTTED_METRICS",
