@@ -6,7 +6,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["Method", "METHODS", "NEEDS_DEV", "EvalConfig"]
+__all__ = ["Method", "METHODS", "FIRING_METHODS", "NEEDS_DEV", "EvalConfig"]
 
 Method = Literal[
     "no-edit", "recipe", "recipe-no-gate", "text-rag", "text-rag-top1", "text-rag-recipe-sim", "text-rag-oracle"
@@ -16,6 +16,8 @@ Method = Literal[
 METHODS: tuple[str, ...] = get_args(Method)
 """All methods, in report order."""
 
+FIRING_METHODS = ("recipe", "recipe-no-gate", "text-rag", "text-rag-top1", "text-rag-recipe-sim", "text-rag-oracle")
+"""Methods that may put an edit in front of a query (no-edit never does)."""
 NEEDS_DEV = ("text-rag", "text-rag-recipe-sim")
 """Methods whose similarity threshold is tuned on a dev split."""
 

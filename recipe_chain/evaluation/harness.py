@@ -88,7 +88,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +102,22 @@ from recipe_chain.evaluation import answers as A
 from recipe_chain.evaluation import metrics as M
 from recipe_chain.evaluation.config import NEEDS_DEV, EvalConfig
 from recipe_chain.evaluation.edited_facts import EditedFacts
+from recipe_chain.evaluation.measurement import (
+    Gate,
+    InputCosts,
+    Plan,
+    Row,
+    assemble,
+    diagnostics,
+    first_line,
+    general_delta,
+    rows_for,
+)
 from recipe_chain.evaluation.results import (
-    AddedTokens,
     CheckpointResult,
     EvalResults,
     GateLatencyPoint,
-    GateStats,
     MethodLatency,
-    MethodMetrics,
     QuestionMetrics,
     TextRagThreshold,
     machine_info,
@@ -129,7 +137,6 @@ __all__ = ["LifelongEvaluator", "StoreFactory", "make_store_factory"]
 logger = logging.getLogger(__name__)
 
 _SCORED_KINDS = ("prompt", "paraphrase", "locality")
-_FIRING_METHODS = ("recipe", "recipe-no-gate", "text-rag", "text-rag-top1", "text-rag-recipe-sim", "text-rag-oracle")
 _TEXT_RAG_METHODS = ("text-rag", "text-rag-top1", "text-rag-oracle")
 """Methods that put a statement in front of the query in the dev-chosen prompt format."""
 
@@ -194,52 +201,6 @@ def _bar(iterable: Iterable[Any], progress: bool | None, **kwargs: Any) -> Itera
 # query rows and per-method plans
 
 
-@dataclass(frozen=True)
-class _Row:
-    kind: str  # "prompt" | "paraphrase" | "locality" | "general" | "general_answer" | "chat_prompt" | "chat_paraphrase"
-    example: int | None  # index into the measured examples
-    text: str
-    target: str | None  # target_new (prompt/paraphrase), reference answer (locality), None (general)
-    old: str | None = None  # the pre-edit answer (prompt/paraphrase), when known
-    answers: tuple[str, ...] = ()  # accepted answers of a general question
-    chat: bool = False  # the LLM gets the text as the user turn of its chat template
-    edited_fact: bool = False  # a locality prompt that asks a fact edited in the store (edited_facts.py)
-
-
-@dataclass(frozen=True)
-class _Gate:
-    """What the harness keeps of a GateResult (the prompt vectors go to a cache)."""
-
-    hit_id: str | None
-    hit_statement: str | None
-    top_id: str | None
-    top_sim: float | None
-    top_statement: str | None
-    sentinel_sim: float
-
-
-@dataclass(frozen=True)
-class _Plan:
-    fired: str | None  # edit id the method uses on this row (None: nothing)
-    text: str  # LLM input text
-    prefix: str | None  # statement of the edit whose prompt vectors are prefixed
-
-
-def _rows_for(examples: Sequence[EditExample], questions: Sequence[LocalityPrompt]) -> list[_Row]:
-    rows: list[_Row] = []
-    for i, ex in enumerate(examples):
-        rows.append(_Row("prompt", i, ex.prompt, ex.target_new, ex.ground_truth))
-        rows.extend(_Row("paraphrase", i, p, ex.target_new, ex.ground_truth) for p in ex.paraphrases)
-        rows.extend(_Row("locality", i, loc.prompt, loc.answer) for loc in ex.locality)
-    rows.extend(_Row("general", None, q.prompt, None, answers=q.accepted_answers) for q in questions)
-    return rows
-
-
-def _first_line(text: str) -> str | None:
-    line = text.strip().split("\n", 1)[0].strip()
-    return line or None
-
-
 # ====================================================================================
 # the evaluator
 
@@ -292,6 +253,12 @@ class LifelongEvaluator:
         self._llm_len: dict[str, int] = {}
         self._cl_len: dict[str, int] = {}
         self._cl100k = _cl100k()
+        self._costs = InputCosts(
+            llm_tokens=self._llm_tokens,
+            cl100k_tokens=self._cl_tokens,
+            prefix_len=lambda statement: self._prefixes[statement].shape[0],
+            counts_cl100k=self._cl100k is not None,
+        )
         self._threshold: float | None = None  # text-rag-recipe-sim
         self.text_rag = TextRagBaseline(
             tokenizer,
@@ -525,7 +492,7 @@ class LifelongEvaluator:
                 _bar(dev_examples, self.progress, desc="dev store", unit="edit"), dev_ids
             ):
                 dev_store.add_edit(ex.prompt, ex.target_new, subject=ex.subject, edit_id=eid)
-            rows = _rows_for(dev_examples, ())
+            rows = rows_for(dev_examples, ())
             gates = self._gate_all(dev_store, [r.text for r in rows], desc="gate dev")
             hit_sims: list[float] = []
             hit_ok: list[bool] = []
@@ -620,17 +587,17 @@ class LifelongEvaluator:
                     self.text_rag.add_edit(ex, eid, index)
                 ids.append(eid)
             chat = self.text_rag.has_chat_template()  # questions are asked as a user asks an instruct model
-            rows = [_Row("general", None, q.prompt, None, answers=q.accepted_answers, chat=chat) for q in questions]
+            rows = [Row("general", None, q.prompt, None, answers=q.accepted_answers, chat=chat) for q in questions]
             texts = [r.text for r in rows]
             gates = self._gate_all(store, texts, desc=f"{desc}: gate")
             hits = self.text_rag.search_all(texts, f"{desc}: search", index) if index is not None else {}
             if oracle_statements is not None and len(oracle_statements) != len(rows):
                 raise ValueError(f"{len(oracle_statements)} oracle statement lists for {len(rows)} questions")
-            plans: dict[str, list[_Plan]] = {}
+            plans: dict[str, list[Plan]] = {}
             for m in ("no-edit", *[m for m in methods if m != "no-edit"]):
                 if m == "text-rag-oracle":
                     plans[m] = [
-                        _Plan("oracle", self.text_rag.text(r.text, CONTEXT_SEPARATOR.join(own),
+                        Plan("oracle", self.text_rag.text(r.text, CONTEXT_SEPARATOR.join(own),
                                                            "chat" if r.chat else None), None)
                         if own else self._plan("no-edit", r, gates[r.text], ids, {}, None)
                         for r, own in zip(rows, oracle_statements or [()] * len(rows))
@@ -710,7 +677,7 @@ class LifelongEvaluator:
         facts = EditedFacts(examples if stored is None else stored)
         rows = [
             replace(r, edited_fact=True) if r.kind == "locality" and facts.asks_edited_fact(r.text, r.target) else r
-            for r in _rows_for(examples, questions)
+            for r in rows_for(examples, questions)
         ]
 
         t0 = time.perf_counter()
@@ -723,7 +690,7 @@ class LifelongEvaluator:
         methods = self.config.methods
         computed = ("no-edit", *[m for m in methods if m != "no-edit"])
         statements = {eid: ex.statement for eid, ex in zip(edit_ids, examples)}
-        plans: dict[str, list[_Plan]] = {
+        plans: dict[str, list[Plan]] = {
             m: [self._plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in rows]
             for m in computed
         }
@@ -736,7 +703,7 @@ class LifelongEvaluator:
             # template (gated on the question itself, like every other row of the same text)
             chat = self.text_rag.has_chat_template()
             extra = [
-                _Row("general_answer", None, r.text, None, answers=r.answers, chat=chat)
+                Row("general_answer", None, r.text, None, answers=r.answers, chat=chat)
                 for r in rows if r.kind == "general"
             ][: self.config.general_answer_n]
             answered = set(range(len(rows), len(rows) + len(extra)))
@@ -763,7 +730,7 @@ class LifelongEvaluator:
         targets: list[str | None] = []
         for r in rows:
             if r.kind == "locality" and r.target is None:
-                targets.append(_first_line(gen_out[(r.text, None)]))
+                targets.append(first_line(gen_out[(r.text, None)]))
             else:
                 targets.append(r.target)
         # 2. teacher-forced scores (unique inputs only)
@@ -779,12 +746,12 @@ class LifelongEvaluator:
             for plan in plans[m]:
                 self._prefix(store, plan.prefix)
         method_metrics = {
-            m: self._assemble(m, rows, plans, targets, gen_out, tf_out, edit_ids, gen_examples, answered)
+            m: assemble(m, rows, plans, targets, gen_out, tf_out, edit_ids, self._costs, gen_examples, answered)
             for m in methods
         }
         if answered:
             method_metrics = {
-                m: mm.model_copy(update=self._general_delta(m, rows, plans, gen_out, sorted(answered)))
+                m: mm.model_copy(update=general_delta(m, rows, plans, gen_out, sorted(answered)))
                 for m, mm in method_metrics.items()
             }
         if with_latency and self.config.latency_samples:
@@ -811,15 +778,15 @@ class LifelongEvaluator:
             n_superseded_excluded=excluded,
             counts=counts,
             methods=method_metrics,
-            diagnostics=self._diagnostics(rows, gates, edit_ids),
+            diagnostics=diagnostics(rows, gates, edit_ids),
             gate_batch_s=gate_batch_s,
             wall_s=time.perf_counter() - started,
         )
 
     # ------------------------------------------------------------------ internals: gating
-    def _gate_all(self, store: Any, texts: Sequence[str], desc: str) -> dict[str, _Gate]:
+    def _gate_all(self, store: Any, texts: Sequence[str], desc: str) -> dict[str, Gate]:
         unique = list(dict.fromkeys(texts))
-        out: dict[str, _Gate] = {}
+        out: dict[str, Gate] = {}
         size = self.config.gate_batch_size
         for start in _bar(range(0, len(unique), size), self.progress, desc=desc, unit="batch", leave=False):
             chunk = unique[start : start + size]
@@ -830,7 +797,7 @@ class LifelongEvaluator:
                 out[text] = self._keep_gate(g)
         return out
 
-    def _keep_gate(self, g: Any) -> _Gate:
+    def _keep_gate(self, g: Any) -> Gate:
         hit_id = g.hit.edit_id if g.hit is not None else None
         hit_statement = g.hit.statement if g.hit is not None else None
         if hit_statement is not None:
@@ -840,7 +807,7 @@ class LifelongEvaluator:
         top = g.candidates[0] if g.candidates else None
         if top is not None:
             self._edit_of[top.record.statement] = top.record.edit_id
-        return _Gate(
+        return Gate(
             hit_id=hit_id,
             hit_statement=hit_statement,
             top_id=top.record.edit_id if top is not None else None,
@@ -864,38 +831,38 @@ class LifelongEvaluator:
     def _plan(
         self,
         method: str,
-        row: _Row,
-        gate: _Gate,
+        row: Row,
+        gate: Gate,
         edit_ids: Sequence[str],
         statements: dict[str, str],
         hit: StatementHit | None = None,
-    ) -> _Plan:
+    ) -> Plan:
         own = edit_ids[row.example] if row.example is not None else None
         plain = self.text_rag.chat_text(row.text) if row.chat else row.text  # the LLM input without an edit
         rag_format = "chat" if row.chat else None
         if method == "no-edit":
-            return _Plan(None, plain, None)
+            return Plan(None, plain, None)
         if method == "recipe":
-            return _Plan(gate.hit_id, plain, gate.hit_statement)
+            return Plan(gate.hit_id, plain, gate.hit_statement)
         if method == "recipe-no-gate":
-            return _Plan(gate.top_id, plain, gate.top_statement)
+            return Plan(gate.top_id, plain, gate.top_statement)
         if method in ("text-rag", "text-rag-top1"):
             if hit is None or not self.text_rag.admits(hit, thresholded=method == "text-rag"):
-                return _Plan(None, plain, None)
+                return Plan(None, plain, None)
             text = self.text_rag.text(row.text, hit.statement, rag_format)  # type: ignore[arg-type]
-            return _Plan(str(hit.metadata.get("edit_id")), text, None)
+            return Plan(str(hit.metadata.get("edit_id")), text, None)
         if method == "text-rag-recipe-sim":
             assert self._threshold is not None
             if gate.top_id is not None and gate.top_sim is not None and gate.top_sim >= self._threshold:
                 statement = gate.top_statement or statements.get(gate.top_id, "")
                 if row.chat:
-                    return _Plan(gate.top_id, self.text_rag.text(row.text, statement, "chat"), None)
-                return _Plan(gate.top_id, format_text_rag_prompt(row.text, [statement]), None)
-            return _Plan(None, plain, None)
+                    return Plan(gate.top_id, self.text_rag.text(row.text, statement, "chat"), None)
+                return Plan(gate.top_id, format_text_rag_prompt(row.text, [statement]), None)
+            return Plan(None, plain, None)
         if method == "text-rag-oracle":
             if own is None:  # general questions have no edit of their own
-                return _Plan(None, plain, None)
-            return _Plan(own, self.text_rag.text(row.text, statements[own], rag_format), None)
+                return Plan(None, plain, None)
+            return Plan(own, self.text_rag.text(row.text, statements[own], rag_format), None)
         raise ValueError(f"unknown method {method!r}")
 
     # ------------------------------------------------------------------ internals: LLM
@@ -952,206 +919,9 @@ class LifelongEvaluator:
         return out
 
     # ------------------------------------------------------------------ internals: metrics
-    def _assemble(
-        self,
-        method: str,
-        rows: Sequence[_Row],
-        plans: dict[str, list[_Plan]],
-        targets: Sequence[str | None],
-        gen_out: dict[tuple[str, str | None], str],
-        tf_out: dict[tuple[str, str, str | None], TargetScore],
-        edit_ids: Sequence[str],
-        gen_examples: set[int] | None = None,
-        answered: set[int] | frozenset[int] = frozenset(),
-    ) -> MethodMetrics:
-        n_ex = len(edit_ids)
-        ans_p: list[list[bool]] = [[] for _ in range(n_ex)]
-        ans_g: list[list[bool]] = [[] for _ in range(n_ex)]
-        kept_out: list[list[bool]] = [[] for _ in range(n_ex)]
-        general_ok: list[bool] = []
-        rel: list[list[float]] = [[] for _ in range(n_ex)]
-        gen: list[list[float]] = [[] for _ in range(n_ex)]
-        loc: list[list[float]] = [[] for _ in range(n_ex)]
-        loc_all: list[list[float]] = [[] for _ in range(n_ex)]
-        em_p: list[list[bool]] = [[] for _ in range(n_ex)]
-        em_g: list[list[bool]] = [[] for _ in range(n_ex)]
-        unchanged: list[list[bool]] = [[] for _ in range(n_ex)]
-        fired: dict[str, list[bool]] = {"prompt": [], "paraphrase": [], "locality": [], "general": [],
-                                        "general_answer": [], "edited_fact": [], "chat_prompt": [],
-                                        "chat_paraphrase": []}
-        chat_ok: dict[str, list[list[bool]]] = {k: [[] for _ in range(n_ex)] for k in ("chat_prompt", "chat_paraphrase")}
-        correct: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
-        rel_ok: list[float] = []
-        gen_ok: list[float] = []
-        loc_fire: list[float] = []
-        loc_quiet: list[float] = []
-        added_text: list[int] = []
-        added_cl: list[int] = []
-        added_virtual: list[int] = []
-        added_any: list[bool] = []
-        mine = plans[method]
-        base = plans["no-edit"]
-        for i, r in enumerate(rows):
-            plan = mine[i]
-            fired["edited_fact" if r.edited_fact else r.kind].append(plan.fired is not None)
-            if r.kind == "general_answer":
-                if i in answered:
-                    general_ok.append(A.contains_answer(gen_out[(plan.text, plan.prefix)], r.answers))
-                continue
-            if r.kind == "general":
-                continue
-            if r.kind in chat_ok:
-                output = gen_out[(plan.text, plan.prefix)]
-                chat_ok[r.kind][r.example].append(A.answer_correct(output, r.target, old_target=r.old))  # type: ignore[index,arg-type]
-                continue
-            own = edit_ids[r.example]  # type: ignore[index]
-            is_own = plan.fired == own
-            # added input
-            extra_text = self._llm_tokens(plan.text) - self._llm_tokens(r.text)
-            added_text.append(extra_text)
-            cl_plan, cl_row = self._cl_tokens(plan.text), self._cl_tokens(r.text)
-            if cl_plan is not None and cl_row is not None:
-                added_cl.append(cl_plan - cl_row)
-            added_virtual.append(self._prefixes[plan.prefix].shape[0] if plan.prefix is not None else 0)
-            added_any.append(extra_text > 0 or plan.prefix is not None)
-            with_output = gen_examples is None or r.example in gen_examples
-            output = gen_out[(plan.text, plan.prefix)] if with_output else ""
-            target = targets[i]
-            if r.kind in ("prompt", "paraphrase"):
-                assert target is not None
-                acc = tf_out[(plan.text, target, plan.prefix)].token_accuracy
-                correct[r.kind].append(is_own)
-                if r.kind == "prompt":
-                    rel[r.example].append(acc)  # type: ignore[index]
-                    if with_output:
-                        em_p[r.example].append(M.exact_match(output, target))  # type: ignore[index]
-                        ans_p[r.example].append(A.answer_correct(output, target, old_target=r.old))  # type: ignore[index]
-                    if is_own:
-                        rel_ok.append(acc)
-                else:
-                    gen[r.example].append(acc)  # type: ignore[index]
-                    if with_output:
-                        em_g[r.example].append(M.exact_match(output, target))  # type: ignore[index]
-                        ans_g[r.example].append(A.answer_correct(output, target, old_target=r.old))  # type: ignore[index]
-                    if is_own:
-                        gen_ok.append(acc)
-            elif r.edited_fact:  # firing is right here: only the all-prompts Locality counts it
-                if target is not None:
-                    edited = tf_out[(plan.text, target, plan.prefix)].argmax_ids
-                    reference = tf_out[(base[i].text, target, base[i].prefix)].argmax_ids
-                    loc_all[r.example].append(M.kept_token_share(edited, reference))  # type: ignore[index]
-            else:  # locality
-                if with_output:
-                    base_output = gen_out[(base[i].text, base[i].prefix)]
-                    unchanged[r.example].append(M.output_unchanged(output, base_output))  # type: ignore[index]
-                    kept_out[r.example].append(A.locality_kept(output, base_output))  # type: ignore[index]
-                if target is not None:
-                    edited = tf_out[(plan.text, target, plan.prefix)].argmax_ids
-                    reference = tf_out[(base[i].text, target, base[i].prefix)].argmax_ids
-                    kept = M.kept_token_share(edited, reference)
-                    loc[r.example].append(kept)  # type: ignore[index]
-                    loc_all[r.example].append(kept)  # type: ignore[index]
-                    (loc_fire if plan.fired is not None else loc_quiet).append(kept)
-        oracle_general = method == "text-rag-oracle"
-        return MethodMetrics(
-            reliability=M.mean_of_means(rel),
-            generality=M.mean_of_means(gen),
-            locality=M.mean_of_means(loc),
-            locality_all_prompts=M.mean_of_means(loc_all),
-            em_prompt=M.mean_of_means(em_p),
-            em_paraphrase=M.mean_of_means(em_g),
-            locality_unchanged=M.mean_of_means(unchanged),
-            answer_accuracy=M.mean_of_means(ans_p),
-            answer_accuracy_paraphrase=M.mean_of_means(ans_g),
-            locality_kept=M.mean_of_means(kept_out),
-            general_answer_accuracy=M.rate(general_ok),
-            chat_answer_accuracy=M.mean_of_means(chat_ok["chat_prompt"]),
-            chat_answer_accuracy_paraphrase=M.mean_of_means(chat_ok["chat_paraphrase"]),
-            gate=GateStats(
-                hit_rate=M.rate(fired["prompt"]),
-                correct_hit_prompt=M.rate(correct["prompt"]),
-                correct_hit_paraphrase=M.rate(correct["paraphrase"]),
-                false_fire_locality=M.rate(fired["locality"]),
-                false_fire_general=None if oracle_general else M.rate(fired["general"]),
-                fire_on_edited_fact=M.rate(fired["edited_fact"]),
-            ),
-            added_tokens=AddedTokens(
-                llm_text=M.mean(added_text),
-                cl100k=M.mean(added_cl) if self._cl100k is not None else None,
-                virtual=M.mean(added_virtual),
-                llm_total=M.mean(a + v for a, v in zip(added_text, added_virtual)),
-                fired_share=M.rate(added_any),
-            ),
-            conditional=(
-                {
-                    "reliability_given_correct_hit": M.mean(rel_ok),
-                    "generality_given_correct_hit": M.mean(gen_ok),
-                    "locality_given_fire": M.mean(loc_fire),
-                    "locality_given_no_fire": M.mean(loc_quiet),
-                }
-                if method in _FIRING_METHODS
-                else {}
-            ),
-        )
-
-    @staticmethod
-    def _general_delta(
-        method: str,
-        rows: Sequence[_Row],
-        plans: dict[str, list[_Plan]],
-        gen_out: dict[tuple[str, str | None], str],
-        answered: Sequence[int],
-    ) -> dict[str, float | None]:
-        """Paired change of general answer accuracy against the unedited model, with a 95 % interval."""
-        diffs = []
-        for i in answered:
-            mine, base = plans[method][i], plans["no-edit"][i]
-            ok = A.contains_answer(gen_out[(mine.text, mine.prefix)], rows[i].answers)
-            ok_base = A.contains_answer(gen_out[(base.text, base.prefix)], rows[i].answers)
-            diffs.append(int(ok) - int(ok_base))
-        n = len(diffs)
-        if n == 0:
-            return {"general_answer_delta": None, "general_answer_delta_ci95": None}
-        mean = sum(diffs) / n
-        var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
-        return {"general_answer_delta": mean, "general_answer_delta_ci95": 1.96 * (var / n) ** 0.5}
-
-    def _diagnostics(
-        self, rows: Sequence[_Row], gates: dict[str, _Gate], edit_ids: Sequence[str]
-    ) -> dict[str, float | None]:
-        """Store-level figures that attribute errors to retrieval or to the gate."""
-        top_ok: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
-        admit_given_ok: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
-        right_admitted: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
-        margins: dict[str, list[float]] = {"prompt": [], "paraphrase": [], "locality": [], "general": []}
-        for r in rows:
-            if r.kind not in margins or r.edited_fact:
-                continue
-            g = gates[r.text]
-            if g.top_sim is not None:
-                margins[r.kind].append(g.top_sim - g.sentinel_sim)
-            if r.kind in top_ok:
-                ok = g.top_id == edit_ids[r.example]  # type: ignore[index]
-                top_ok[r.kind].append(ok)
-                right_admitted[r.kind].append(g.hit_id == edit_ids[r.example])  # type: ignore[index]
-                if ok:
-                    admit_given_ok[r.kind].append(g.hit_id is not None)
-        out: dict[str, float | None] = {
-            "retrieval_top1_prompt": M.rate(top_ok["prompt"]),
-            "retrieval_top1_paraphrase": M.rate(top_ok["paraphrase"]),
-            "gate_admits_correct_top1_prompt": M.rate(admit_given_ok["prompt"]),
-            "gate_admits_correct_top1_paraphrase": M.rate(admit_given_ok["paraphrase"]),
-            # with a gate verifier the admitted edit need not be the top-1
-            "right_edit_admitted_prompt": M.rate(right_admitted["prompt"]),
-            "right_edit_admitted_paraphrase": M.rate(right_admitted["paraphrase"]),
-        }
-        for kind, values in margins.items():
-            out[f"top1_minus_sentinel_median_{kind}"] = M.percentile(values, 0.5)
-        return out
-
     # ------------------------------------------------------------------ internals: latency
     def _live_input(
-        self, store: Any, method: str, row: _Row, own_statement: str | None
+        self, store: Any, method: str, row: Row, own_statement: str | None
     ) -> tuple[str, torch.Tensor | None]:
         """One query as a user would run it: gate/retrieve now, then build the LLM input."""
         if method == "no-edit":
@@ -1184,7 +954,7 @@ class LifelongEvaluator:
     def _measure_latency(
         self,
         store: Any,
-        rows: Sequence[_Row],
+        rows: Sequence[Row],
         targets: Sequence[str | None],
         edit_ids: Sequence[str],
         statements: dict[str, str],
