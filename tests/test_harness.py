@@ -859,7 +859,7 @@ def test_chat_path_asks_through_the_template_with_the_prefix(models):
     for method in final.methods.values():
         assert method.chat_answer_accuracy is not None and method.chat_answer_accuracy_paraphrase is not None
     # the chat rows reach the LLM templated, and recipe puts its admitted edit's prompt vectors in front
-    chat_keys = {key for key in evaluator._gen_cache if key[0].startswith("<|im_start|>user")}
+    chat_keys = {key for key in evaluator.outputs.generated if key[0].startswith("<|im_start|>user")}
     with_prefix = {text for text, prefix in chat_keys if prefix is not None}
     assert len(with_prefix) == 10 and {prefix for _, prefix in chat_keys} - {None} <= {ex.statement for ex in examples}
     assert all(evaluator.text_rag.chat_text(ex.prompt) in {t for t, _ in chat_keys} for ex in examples

