@@ -100,8 +100,10 @@ from recipe_chain.evaluation import answers as A
 from recipe_chain.evaluation import metrics as M
 from recipe_chain.evaluation.config import NEEDS_DEV, EvalConfig
 from recipe_chain.evaluation.edited_facts import EditedFacts
+from recipe_chain.evaluation.latency import LatencyMeter
 from recipe_chain.evaluation.llm_outputs import LLMOutputs, progress_bar
 from recipe_chain.evaluation.measurement import (
+    SCORED_KINDS,
     Gate,
     InputCosts,
     Plan,
@@ -115,8 +117,6 @@ from recipe_chain.evaluation.measurement import (
 from recipe_chain.evaluation.results import (
     CheckpointResult,
     EvalResults,
-    GateLatencyPoint,
-    MethodLatency,
     QuestionMetrics,
     TextRagThreshold,
     machine_info,
@@ -135,7 +135,6 @@ __all__ = ["LifelongEvaluator", "StoreFactory", "make_store_factory"]
 
 logger = logging.getLogger(__name__)
 
-_SCORED_KINDS = ("prompt", "paraphrase", "locality")
 _TEXT_RAG_METHODS = ("text-rag", "text-rag-top1", "text-rag-oracle")
 """Methods that put a statement in front of the query in the dev-chosen prompt format."""
 
@@ -260,6 +259,8 @@ class LifelongEvaluator:
             batch_size=config.gate_batch_size,
             progress=progress,
         )
+        self.latency = LatencyMeter(self.lm, tokenizer, self.text_rag, config, self._as_prefix,
+                                    lambda: self._threshold, progress)
 
     # ------------------------------------------------------------------ public API
     def select(
@@ -402,7 +403,7 @@ class LifelongEvaluator:
             editing_s += dt
             t = i + 1
             if t in probes:
-                state.gate_latency.append(self._probe_gate_latency(store, eval_examples[:t], questions, t))
+                state.gate_latency.append(self.latency.probe_gate(store, eval_examples[:t], questions, t))
             if t in checkpoints:
                 t0 = time.perf_counter()
                 final = t == len(eval_examples)
@@ -684,7 +685,7 @@ class LifelongEvaluator:
             m: [self._plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in rows]
             for m in computed
         }
-        scored = [i for i, r in enumerate(rows) if r.kind in _SCORED_KINDS]
+        scored = [i for i, r in enumerate(rows) if r.kind in SCORED_KINDS]
         gen_examples = self._gen_subset(len(examples), seed)
         generated = [i for i in scored if gen_examples is None or rows[i].example in gen_examples]
         answered: set[int] = set()
@@ -745,7 +746,7 @@ class LifelongEvaluator:
                 for m, mm in method_metrics.items()
             }
         if with_latency and self.config.latency_samples:
-            latencies = self._measure_latency(store, rows, targets, edit_ids, statements, seed)
+            latencies = self.latency.measure(store, rows, targets, edit_ids, statements, seed)
             method_metrics = {
                 m: mm.model_copy(update={"latency": latencies[m]}) for m, mm in method_metrics.items()
             }
@@ -854,103 +855,6 @@ class LifelongEvaluator:
                 return Plan(None, plain, None)
             return Plan(own, self.text_rag.text(row.text, statements[own], rag_format), None)
         raise ValueError(f"unknown method {method!r}")
-
-    # ------------------------------------------------------------------ internals: latency
-    def _live_input(
-        self, store: Any, method: str, row: Row, own_statement: str | None
-    ) -> tuple[str, torch.Tensor | None]:
-        """One query as a user would run it: gate/retrieve now, then build the LLM input."""
-        if method == "no-edit":
-            return row.text, None
-        if method == "text-rag-oracle":
-            return self.text_rag.text(row.text, own_statement or ""), None
-        if method in ("text-rag", "text-rag-top1"):
-            assert self.text_rag.index is not None
-            found = self.text_rag.index.search([row.text], k=1)[0]
-            top_hit = found[0] if found else None
-            if top_hit is None or not self.text_rag.admits(top_hit, thresholded=method == "text-rag"):
-                return row.text, None
-            return self.text_rag.text(row.text, top_hit.statement), None
-        g = store.gate(row.text)
-        if method == "recipe":
-            return row.text, (self._as_prefix(g.prompt_vectors) if g.fired else None)
-        if method == "recipe-no-gate":
-            if g.fired:
-                return row.text, self._as_prefix(g.prompt_vectors)
-            if g.candidates:
-                return row.text, self._as_prefix(store.prompt_vectors(g.candidates[0].record.edit_id))
-            return row.text, None
-        if method == "text-rag-recipe-sim":
-            top = g.candidates[0] if g.candidates else None
-            if top is not None and self._threshold is not None and top.similarity >= self._threshold:
-                return format_text_rag_prompt(row.text, [top.record.statement]), None
-            return row.text, None
-        raise ValueError(f"unknown method {method!r}")
-
-    def _measure_latency(
-        self,
-        store: Any,
-        rows: Sequence[Row],
-        targets: Sequence[str | None],
-        edit_ids: Sequence[str],
-        statements: dict[str, str],
-        seed: int,
-    ) -> dict[str, MethodLatency]:
-        pool = [i for i, r in enumerate(rows) if r.kind in _SCORED_KINDS and targets[i] is not None]
-        rng = random.Random(seed)
-        sample = rng.sample(pool, min(self.config.latency_samples, len(pool)))
-        methods = self.config.methods
-        score_s: dict[str, list[float]] = {m: [] for m in methods}
-        gen_s: dict[str, list[float]] = {m: [] for m in methods}
-        gen_tokens: dict[str, list[int]] = {m: [] for m in methods}
-
-        def one(method: str, i: int, record: bool) -> None:
-            r = rows[i]
-            own_statement = statements[edit_ids[r.example]] if r.example is not None else None
-            t0 = time.perf_counter()
-            text, prefix = self._live_input(store, method, r, own_statement)
-            self.lm.score_targets([text], [targets[i]], [prefix], batch_size=1)  # type: ignore[list-item]
-            t1 = time.perf_counter()
-            text, prefix = self._live_input(store, method, r, own_statement)
-            output = self.lm.generate([text], [prefix], max_new_tokens=self.config.gen_tokens)[0]
-            t2 = time.perf_counter()
-            if record:
-                score_s[method].append(t1 - t0)
-                gen_s[method].append(t2 - t1)
-                gen_tokens[method].append(len(self.tokenizer(output, add_special_tokens=False)["input_ids"]))
-
-        if sample:
-            for m in methods:  # warm-up, untimed
-                one(m, sample[0], record=False)
-        for i in progress_bar(sample, self.progress, desc="latency", unit="query", leave=False):
-            for m in methods:  # interleaved: machine noise hits every method alike
-                one(m, i, record=True)
-        return {
-            m: MethodLatency(
-                score_s=M.latency_summary(score_s[m]),
-                generate_s=M.latency_summary(gen_s[m]),
-                generated_tokens_mean=M.mean(gen_tokens[m]),
-            )
-            for m in methods
-        }
-
-    def _probe_gate_latency(
-        self, store: Any, edited: Sequence[EditExample], questions: Sequence[LocalityPrompt], t: int
-    ) -> GateLatencyPoint:
-        n = self.config.gate_latency_samples
-        if n == 0:
-            return GateLatencyPoint(store_size=t, n=0, mean_s=None, p50_s=None, p95_s=None)
-        rng = random.Random(self.config.seed * 1_000_003 + t)
-        pool = [ex.prompt for ex in edited] + [q.prompt for q in questions]
-        texts = [pool[rng.randrange(len(pool))] for _ in range(n)]
-        store.gate(texts[0])  # warm-up
-        times = []
-        for text in texts:
-            t0 = time.perf_counter()
-            store.gate(text)
-            times.append(time.perf_counter() - t0)
-        s = M.latency_summary(times)
-        return GateLatencyPoint(store_size=t, n=n, mean_s=s["mean"], p50_s=s["p50"], p95_s=s["p95"])
 
     # ------------------------------------------------------------------ internals: run state
     def _usable_questions(self, questions: Sequence[LocalityPrompt]) -> list[LocalityPrompt]:

@@ -18,7 +18,11 @@ from recipe_chain.evaluation.config import FIRING_METHODS
 from recipe_chain.evaluation.results import AddedTokens, GateStats, MethodMetrics
 from recipe_chain.prefix_lm import TargetScore
 
-__all__ = ["Row", "Gate", "Plan", "InputCosts", "rows_for", "first_line", "assemble", "general_delta", "diagnostics"]
+__all__ = ["SCORED_KINDS", "Row", "Gate", "Plan", "InputCosts", "rows_for", "first_line", "assemble", "general_delta", "diagnostics"]
+
+
+SCORED_KINDS = ("prompt", "paraphrase", "locality")
+"""Row kinds with a scored target."""
 
 
 @dataclass(frozen=True)
