@@ -545,3 +545,21 @@ def test_cli_train_retriever_only_keeps_every_prompt_tensor(files, tmp_path: Pat
     for name in prompt_side:
         torch.testing.assert_close(third[name], second[name], rtol=0, atol=0)
     assert not torch.equal(third["encoder.query_head.proj.weight"], second["encoder.query_head.proj.weight"])
+
+
+def test_cli_train_options_come_from_the_config_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    from recipe_chain.commands.train import _OWN_OPTIONS
+
+    args = build_parser().parse_args([
+        "train", "--data", "x.json", "--llm", "default", "--out", "o", "--weight-decay", "0.01",
+        "--locality-topk", "8", "--no-freeze-retriever", "--prompt-encoder", "vocab",
+    ])
+    assert set(args.config_fields) == set(TrainingConfig.model_fields) - set(_OWN_OPTIONS)
+    assert (args.weight_decay, args.locality_topk, args.freeze_retriever, args.prompt_encoder) == (0.01, 8, False, "vocab")
+    assert args.steps is None  # left out: the config's default applies
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert " ".join(TrainingConfig.model_fields["prompt_code_dim"].description.split()).rstrip(".") in help_text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--data", "x", "--llm", "default", "--out", "o", "--prompt-encoder", "x"])

@@ -94,21 +94,21 @@ class TrainingConfig(BaseModel):
     extra_locality_per_batch: int = Field(default=8, ge=0, description="Extra locality queries per step.")
     eval_examples: int = Field(default=64, ge=0, description="Examples held out from training for the sanity eval.")
     # Optimisation.
-    steps: int = Field(default=1500, ge=1)
-    batch_size: int = Field(default=8, ge=2)
+    steps: int = Field(default=1500, ge=1, description="Optimisation steps (the learning-rate schedule ends here).")
+    batch_size: int = Field(default=8, ge=2, description="Edits per step.")
     lr: float = Field(default=1e-4, gt=0, description="Knowledge/query heads and the sentinel (AdamW).")
     prompt_lr: float | None = Field(default=1e-3, gt=0, description="Prompt encoder (None: same as lr).")
     backbone_lr: float = Field(default=1e-4, gt=0, description="Backbone adapter (LoRA) or the full backbone.")
-    weight_decay: float = Field(default=0.0, ge=0)
-    warmup_steps: int = Field(default=100, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(default=100, ge=0, description="Linear warm-up steps before the cosine decay.")
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio.")
-    grad_clip: float | None = Field(default=1.0, gt=0)
+    grad_clip: float | None = Field(default=1.0, gt=0, description="Clip the gradient norm to this.")
     # Loss weights.
-    weight_reliability: float = Field(default=1.0, ge=0)
-    weight_generality: float = Field(default=1.0, ge=0)
-    weight_locality: float = Field(default=1.0, ge=0)
-    weight_retrieval: float = Field(default=1.0, ge=0)
-    weight_sentinel: float = Field(default=1.0, ge=0)
+    weight_reliability: float = Field(default=1.0, ge=0, description="Weight of the reliability loss (0: off).")
+    weight_generality: float = Field(default=1.0, ge=0, description="Weight of the generality loss (0: off).")
+    weight_locality: float = Field(default=1.0, ge=0, description="Weight of the locality KL (0: off).")
+    weight_retrieval: float = Field(default=1.0, ge=0, description="Weight of the contrastive retrieval loss (0: off).")
+    weight_sentinel: float = Field(default=1.0, ge=0, description="Weight of the sentinel losses (0: off).")
     weight_prompt_tokens: float = Field(
         default=1.0,
         ge=0,
@@ -146,26 +146,44 @@ class TrainingConfig(BaseModel):
         default=2048, ge=0, description="Detached keys of recent statements used as extra negatives (0: off)."
     )
     # Locality teacher cache.
-    locality_topk: int = Field(default=64, ge=1)
+    locality_topk: int = Field(default=64, ge=1, description="Frozen-LLM top-k tokens kept per position for the locality KL.")
     locality_max_tokens: int = Field(default=4, ge=1, description="Answer tokens scored by the locality KL.")
     locality_greedy_tokens: int = Field(default=3, ge=1, description="Greedy tokens scored when no answer is known.")
     # Editor architecture (None: RecipeConfig default for a new editor, or the given editor's value).
-    prompt_len: int | None = Field(default=None, ge=1)
-    prompt_encoder: Literal["mlp", "vocab"] | None = None
-    prompt_context_len: int | None = Field(default=None, ge=0)
-    prompt_code_dim: int | None = Field(default=None, ge=0)
-    prompt_target_slots: int | None = Field(default=None, ge=0)
-    rep_dim: int | None = Field(default=None, ge=1)
-    backbone_tuning: Literal["frozen", "lora", "full"] | None = None
+    prompt_len: int | None = Field(default=None, ge=1, description="Continuous prompt vectors per edit (new editor).")
+    prompt_encoder: Literal["mlp", "vocab"] | None = Field(
+        default=None,
+        description="'mlp': the paper's MLP (RecipeConfig's default); 'vocab': context vectors plus slots that mix the "
+        "LLM's token embeddings.",
+    )
+    prompt_context_len: int | None = Field(
+        default=None, ge=0, description="Context vectors in front of the token slots ('vocab' encoder)."
+    )
+    prompt_code_dim: int | None = Field(
+        default=None,
+        ge=0,
+        description="Give each key a prompt code of this width from its own head: retrieval ignores it and the "
+        "prompt encoder reads only it (0: the prompt encoder reads the whole key).",
+    )
+    prompt_target_slots: int | None = Field(
+        default=None,
+        ge=0,
+        description="Follow the key's vectors with the first N LLM tokens of the edit's own target ('vocab' "
+        "encoder; 0: every token slot is decoded from the key).",
+    )
+    rep_dim: int | None = Field(default=None, ge=1, description="Width of keys, queries and the sentinel (new editor).")
+    backbone_tuning: Literal["frozen", "lora", "full"] | None = Field(
+        default=None, description="How the knowledge encoder's backbone trains (new editor)."
+    )
     editor_options: dict[str, Any] = Field(
         default_factory=dict, description="Other RecipeConfig fields for a new editor (e.g. lora_rank)."
     )
     # Run.
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(default=0, description="Seed of initialisation, data order and every step's sampling.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="'auto' uses a GPU when one is present.")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads during training.")
     eval_interval: int = Field(default=250, ge=0, description="Steps between sanity evals (0: only at the end).")
-    checkpoint_interval: int = Field(default=250, ge=1)
+    checkpoint_interval: int = Field(default=250, ge=1, description="Steps between checkpoints (a run resumes from the last).")
 
     @field_validator("editor_options")
     @classmethod
