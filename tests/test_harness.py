@@ -29,6 +29,7 @@ from recipe_chain import RecipeEditor
 from recipe_chain.cli import build_parser, main
 from recipe_chain.data import EditExample, LocalityPrompt, load_edit_examples
 from recipe_chain.evaluation.config import METHODS, EvalConfig
+from recipe_chain.models import EditingModels
 from recipe_chain.evaluation.harness import LifelongEvaluator
 from recipe_chain.evaluation.resume import JOURNAL_FILE, PARTIAL_FILE
 from recipe_chain.evaluation.results import EvalResults
@@ -585,9 +586,11 @@ def patched_cli(models, monkeypatch):
     llm, tok, editor = models
     calls = {}
 
-    def fake_models(checkpoint, llm_spec, *, allow_untrained=False):
+    def fake_models(checkpoint=None, *, llm=None, allow_untrained=False):
         calls["checkpoint"] = checkpoint
-        return llm, tok, editor, {"checkpoint": checkpoint, "trained": False}
+        return EditingModels(llm=llm_, tokenizer=tok, editor=editor, trained=False, checkpoint=checkpoint)
+
+    llm_ = llm
 
     def fake_factory(editor_, cfg, *, path=None, collection_prefix=None):
         calls["store_path"] = path
@@ -600,7 +603,7 @@ def patched_cli(models, monkeypatch):
         calls["examples"] = examples
         return examples
 
-    monkeypatch.setattr("recipe_chain.commands.evaluate.load_eval_models", fake_models)
+    monkeypatch.setattr("recipe_chain.models.load_models", fake_models)
     monkeypatch.setattr("recipe_chain.evaluation.harness.make_store_factory", fake_factory)
     monkeypatch.setattr("recipe_chain.data.load_edit_examples", load_and_remember)
     return calls
@@ -681,11 +684,11 @@ def test_cli_user_errors_exit_2(tmp_path, monkeypatch, capsys):
                  "--checkpoint", str(tmp_path / "nope")]) == 2
     assert "No RECIPE checkpoint at" in capsys.readouterr().err
     # no checkpoint shipped and none given: a clear error before any model is loaded
-    monkeypatch.setattr("recipe_chain.defaults.default_checkpoint_path", lambda: tmp_path / "none")
-    monkeypatch.setattr("recipe_chain.loading.load_default_llm", lambda: pytest.fail("must not load the LLM"))
+    monkeypatch.setattr("recipe_chain.models.default_checkpoint_path", lambda: tmp_path / "none")
+    monkeypatch.setattr("recipe_chain.models.load_default_llm", lambda: pytest.fail("must not load the LLM"))
     assert main(["eval", "--data", str(path), "--edits", "2", "--general-n", "0", "--dev-size", "1"]) == 2
     err = capsys.readouterr().err
-    assert "No RECIPE checkpoint" in err and "--allow-untrained" in err
+    assert "No shipped RECIPE checkpoint" in err and "--allow-untrained" in err
     assert main(["eval", "--data", str(path), "--edits", "2", "--resume", "--ephemeral-store"]) == 2
     assert "--resume needs" in capsys.readouterr().err
     assert main(["eval", "--data", str(path), "--edits", "2", "--resume", "--float32-queries"]) == 2
@@ -722,9 +725,8 @@ def test_end_to_end_with_the_real_store(models, tmp_path):
 def test_cli_resume_with_the_real_persistent_store(models, tmp_path, monkeypatch, capsys):
     """A crash after the T=4 checkpoint, then ``--resume``: the on-disk store is reused."""
     llm, tok, editor = models
-    monkeypatch.setattr("recipe_chain.commands.evaluate.load_eval_models",
-                        lambda checkpoint, llm_spec, allow_untrained=False: (llm, tok, editor,
-                                                                            {"checkpoint": None, "trained": False}))
+    monkeypatch.setattr("recipe_chain.models.load_models",
+                        lambda checkpoint=None, **kw: EditingModels(llm=llm, tokenizer=tok, editor=editor, trained=False))
     path, _ = _write_formats(tmp_path)["counterfact_flat"]
     out = tmp_path / "out"
     argv = ["eval", "--data", str(path), "--edits", "6", "--methods", "no-edit,recipe", "--general-n", "0",
