@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from recipe_chain.errors import CheckpointMismatchError
+from recipe_chain.plots import plots_available
 from recipe_chain.training.config import LOSS_NAMES, TrainingConfig
 from recipe_chain.training.step import Run
 
@@ -120,11 +121,11 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 def plot_losses(metrics_path: Path, plot_path: Path) -> None:
     """Write the loss curves (moving average) and eval metrics to a PNG (matplotlib, Agg)."""
+    if not metrics_path.is_file() or not plots_available("the loss plot"):
+        return
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if not metrics_path.is_file():
-        return
     train_rows, eval_rows = [], []
     for line in metrics_path.read_text().splitlines():
         if line.strip():
