@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recipe_chain._moved import moved_names
 from recipe_chain.models import EditingModels, load_models
 from recipe_chain.data import EditExample, load_edit_examples, load_questions
 from recipe_chain.loading import (
@@ -313,3 +314,10 @@ def run_demo(
         store_path=None if tmp_dir is not None else str(fresh),
         seconds={k: round(v, 2) for k, v in seconds.items()},
     )
+
+
+# Names that lived here before the split, kept as deprecated aliases.
+__getattr__ = moved_names(__name__, {
+    "EditingModels": "recipe_chain.models",
+    "load_models": "recipe_chain.models",
+})

@@ -94,6 +94,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from recipe_chain._moved import moved_names
 from recipe_chain.data import EditExample, LocalityPrompt
 from recipe_chain.editor import RecipeEditor
 from recipe_chain.evaluation import answers as A
@@ -944,3 +945,30 @@ def _inactive_ids(store: Any) -> set[str]:
     except TypeError:  # pragma: no cover - a store without include_inactive
         return set()
     return {r.edit_id for r in records if not r.active}
+
+
+# Names that lived here before the split, kept as deprecated aliases.
+__getattr__ = moved_names(__name__, {
+    "Method": "recipe_chain.evaluation.config",
+    "METHODS": "recipe_chain.evaluation.config",
+    "EvalConfig": "recipe_chain.evaluation.config",
+    "GateStats": "recipe_chain.evaluation.results",
+    "AddedTokens": "recipe_chain.evaluation.results",
+    "MethodLatency": "recipe_chain.evaluation.results",
+    "MethodMetrics": "recipe_chain.evaluation.results",
+    "CheckpointResult": "recipe_chain.evaluation.results",
+    "GateLatencyPoint": "recipe_chain.evaluation.results",
+    "TextRagThreshold": "recipe_chain.evaluation.results",
+    "QuestionMetrics": "recipe_chain.evaluation.results",
+    "EvalResults": "recipe_chain.evaluation.results",
+    "machine_info": "recipe_chain.evaluation.results",
+    "peak_memory_mib": "recipe_chain.evaluation.results",
+    "RESULTS_SCHEMA_VERSION": "recipe_chain.evaluation.results",
+    "TextRagTuning": "recipe_chain.evaluation.text_rag_baseline",
+    "Selection": "recipe_chain.evaluation.selection",
+    "select_examples": "recipe_chain.evaluation.selection",
+    "file_sha256": "recipe_chain.evaluation.selection",
+    "best_threshold": "recipe_chain.evaluation.thresholds",
+    "PARTIAL_FILE": "recipe_chain.evaluation.resume",
+    "JOURNAL_FILE": "recipe_chain.evaluation.resume",
+})

@@ -54,6 +54,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from recipe_chain._moved import moved_names
 from recipe_chain.editor import RecipeEditor
 from recipe_chain.prefix_lm import PrefixedCausalLM
 from recipe_chain.training.config import ARCH_FIELDS, LOSS_NAMES, TrainingConfig, TrainResult
@@ -326,3 +327,11 @@ def _train(
         metrics_path=out / METRICS_FILE,
         plot_path=out / PLOT_FILE,
     )
+
+
+# Names that lived here before the split, kept as deprecated aliases.
+__getattr__ = moved_names(__name__, {
+    "TrainingConfig": "recipe_chain.training.config",
+    "TrainResult": "recipe_chain.training.config",
+    "LOSS_NAMES": "recipe_chain.training.config",
+})
