@@ -91,7 +91,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from recipe_chain._moved import moved_names
@@ -103,9 +102,9 @@ from recipe_chain.evaluation.config import NEEDS_DEV, EvalConfig
 from recipe_chain.evaluation.edited_facts import EditedFacts
 from recipe_chain.evaluation.latency import LatencyMeter
 from recipe_chain.evaluation.llm_outputs import LLMOutputs, progress_bar
+from recipe_chain.evaluation.planning import MethodPlanner
 from recipe_chain.evaluation.measurement import (
     SCORED_KINDS,
-    Gate,
     InputCosts,
     Plan,
     Row,
@@ -130,7 +129,7 @@ from recipe_chain.evaluation.thresholds import best_threshold
 from recipe_chain.loading import llm_id_of
 from recipe_chain.prefix_lm import PrefixedCausalLM
 from recipe_chain.statement_index import StatementHit
-from recipe_chain.text_rag import CONTEXT_SEPARATOR, format_text_rag_prompt
+from recipe_chain.text_rag import CONTEXT_SEPARATOR
 
 __all__ = ["LifelongEvaluator", "StoreFactory", "make_store_factory"]
 
@@ -239,20 +238,15 @@ class LifelongEvaluator:
         self.progress = progress
         self.store_factory = store_factory or make_store_factory(editor, config)
         self.prompt_len = editor.config.prompt_len
-        # Caches keyed by statement: an edit's prompt vectors, and so every LLM output with
-        # them, depend only on its statement (for this editor and LLM), not on the store size.
-        self._prefixes: dict[str, torch.Tensor] = {}  # statement -> (P, D) prompt vectors
-        self._edit_of: dict[str, str] = {}  # statement -> an edit id with it (to ask the store)
         self.outputs = LLMOutputs(self.lm, tokenizer, gen_tokens=config.gen_tokens,
                                   gen_batch_size=config.gen_batch_size, score_batch_size=config.batch_size,
                                   progress=progress)
         self._costs = InputCosts(
             llm_tokens=self.outputs.llm_tokens,
             cl100k_tokens=self.outputs.cl100k_tokens,
-            prefix_len=lambda statement: self._prefixes[statement].shape[0],
+            prefix_len=lambda statement: self.planner.prefixes[statement].shape[0],
             counts_cl100k=self.outputs.counts_cl100k,
         )
-        self._threshold: float | None = None  # text-rag-recipe-sim
         self.text_rag = TextRagBaseline(
             tokenizer,
             sentence_embeddings,
@@ -260,8 +254,9 @@ class LifelongEvaluator:
             batch_size=config.gate_batch_size,
             progress=progress,
         )
-        self.latency = LatencyMeter(self.lm, tokenizer, self.text_rag, config, self._as_prefix,
-                                    lambda: self._threshold, progress)
+        self.planner = MethodPlanner(self.lm, self.text_rag, config.gate_batch_size, progress)
+        self.latency = LatencyMeter(self.lm, tokenizer, self.text_rag, config, self.planner.as_prefix,
+                                    lambda: self.planner.recipe_sim_threshold, progress)
 
     # ------------------------------------------------------------------ public API
     def select(
@@ -326,8 +321,7 @@ class LifelongEvaluator:
         started = time.perf_counter()
         phases: dict[str, float] = {}
         cfg = self.config
-        for cache in (self._prefixes, self._edit_of):
-            cache.clear()
+        self.planner.clear()
         self.outputs.clear()
         t0 = time.perf_counter()
         selection = self.select(examples, dev_pool=dev_pool, dev_source=dev_source)
@@ -364,7 +358,7 @@ class LifelongEvaluator:
             self.text_rag.open()
         if state.t_done:
             self._prepare_resume(store, edit_ids, state.t_done)
-            self._threshold = state.threshold.value if state.threshold is not None else None
+            self.planner.recipe_sim_threshold = state.threshold.value if state.threshold is not None else None
             if state.rag_tuning is not None:
                 self.text_rag.adopt(state.rag_tuning)
             if self.text_rag.index is not None:  # the index is in memory: rebuild it from the edits made
@@ -377,7 +371,7 @@ class LifelongEvaluator:
         if "text-rag-recipe-sim" in cfg.methods and state.threshold is None:
             t0 = time.perf_counter()
             state.threshold = self.tune_threshold(selection.dev_examples, selection.dev_source)
-            self._threshold = state.threshold.value
+            self.planner.recipe_sim_threshold = state.threshold.value
             phases["dev_tuning_recipe_sim"] = time.perf_counter() - t0
         if "text-rag" in cfg.methods and state.rag_tuning is None:
             t0 = time.perf_counter()
@@ -487,7 +481,7 @@ class LifelongEvaluator:
             ):
                 dev_store.add_edit(ex.prompt, ex.target_new, subject=ex.subject, edit_id=eid)
             rows = rows_for(dev_examples, ())
-            gates = self._gate_all(dev_store, [r.text for r in rows], desc="gate dev")
+            gates = self.planner.gate_all(dev_store, [r.text for r in rows], desc="gate dev")
             hit_sims: list[float] = []
             hit_ok: list[bool] = []
             non_sims: list[float] = []
@@ -516,7 +510,7 @@ class LifelongEvaluator:
             )
             return result
         finally:
-            self._edit_of.clear()  # dev edit ids are gone with the dev namespace
+            self.planner.edit_of.clear()  # dev edit ids are gone with the dev namespace
             dev_store.clear()
             dev_store.close()
 
@@ -526,7 +520,7 @@ class LifelongEvaluator:
         if tuning is not None:
             self.text_rag.adopt(tuning)
         if recipe_sim is not None:
-            self._threshold = recipe_sim.value
+            self.planner.recipe_sim_threshold = recipe_sim.value
 
     def answer_questions(
         self,
@@ -565,7 +559,7 @@ class LifelongEvaluator:
         methods = self.config.methods
         if "text-rag" in methods and self.text_rag.threshold is None:
             raise ValueError("text-rag's threshold is not set; call use_tuning() with a run's text_rag_tuning")
-        if "text-rag-recipe-sim" in methods and self._threshold is None:
+        if "text-rag-recipe-sim" in methods and self.planner.recipe_sim_threshold is None:
             raise ValueError("text-rag-recipe-sim's threshold is not set; call use_tuning()")
         store = self.store_factory(namespace)
         with self.outputs.unjournaled():
@@ -582,7 +576,7 @@ class LifelongEvaluator:
                 chat = self.text_rag.has_chat_template()  # questions are asked as a user asks an instruct model
                 rows = [Row("general", None, q.prompt, None, answers=q.accepted_answers, chat=chat) for q in questions]
                 texts = [r.text for r in rows]
-                gates = self._gate_all(store, texts, desc=f"{desc}: gate")
+                gates = self.planner.gate_all(store, texts, desc=f"{desc}: gate")
                 hits = self.text_rag.search_all(texts, f"{desc}: search", index) if index is not None else {}
                 if oracle_statements is not None and len(oracle_statements) != len(rows):
                     raise ValueError(f"{len(oracle_statements)} oracle statement lists for {len(rows)} questions")
@@ -592,13 +586,13 @@ class LifelongEvaluator:
                         plans[m] = [
                             Plan("oracle", self.text_rag.text(r.text, CONTEXT_SEPARATOR.join(own),
                                                                "chat" if r.chat else None), None)
-                            if own else self._plan("no-edit", r, gates[r.text], ids, {}, None)
+                            if own else self.planner.plan("no-edit", r, gates[r.text], ids, {}, None)
                             for r, own in zip(rows, oracle_statements or [()] * len(rows))
                         ]
                     else:
-                        plans[m] = [self._plan(m, r, gates[r.text], ids, {}, hits.get(r.text)) for r in rows]
+                        plans[m] = [self.planner.plan(m, r, gates[r.text], ids, {}, hits.get(r.text)) for r in rows]
                 keys = {(p.text, p.prefix) for ps in plans.values() for p in ps}
-                outputs = self.outputs.generate(keys, lambda st: self._prefix(store, st), desc=f"{desc}: generate")
+                outputs = self.outputs.generate(keys, lambda st: self.planner.prefix(store, st), desc=f"{desc}: generate")
                 return {
                     m: QuestionMetrics(
                         n=len(rows),
@@ -652,7 +646,7 @@ class LifelongEvaluator:
         """
         if len(examples) != len(edit_ids):
             raise ValueError(f"{len(examples)} examples but {len(edit_ids)} edit ids")
-        if "text-rag-recipe-sim" in self.config.methods and self._threshold is None:
+        if "text-rag-recipe-sim" in self.config.methods and self.planner.recipe_sim_threshold is None:
             raise ValueError("text-rag-recipe-sim's threshold is not tuned yet; call tune_threshold() first")
         if "text-rag" in self.config.methods and self.text_rag.threshold is None:
             raise ValueError("text-rag's threshold is not tuned yet; call tune_text_rag() first")
@@ -673,7 +667,7 @@ class LifelongEvaluator:
         ]
 
         t0 = time.perf_counter()
-        gates = self._gate_all(store, [r.text for r in rows], desc=f"gate t={t}")
+        gates = self.planner.gate_all(store, [r.text for r in rows], desc=f"gate t={t}")
         gate_batch_s = time.perf_counter() - t0
         hits: dict[str, StatementHit | None] = {}
         if self._uses_index():
@@ -683,7 +677,7 @@ class LifelongEvaluator:
         computed = ("no-edit", *[m for m in methods if m != "no-edit"])
         statements = {eid: ex.statement for eid, ex in zip(edit_ids, examples)}
         plans: dict[str, list[Plan]] = {
-            m: [self._plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in rows]
+            m: [self.planner.plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in rows]
             for m in computed
         }
         scored = [i for i, r in enumerate(rows) if r.kind in SCORED_KINDS]
@@ -701,7 +695,7 @@ class LifelongEvaluator:
             answered = set(range(len(rows), len(rows) + len(extra)))
             rows = [*rows, *extra]
             for m in computed:
-                plans[m] += [self._plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in extra]
+                plans[m] += [self.planner.plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in extra]
         generated += sorted(answered)
         if with_latency and self.config.chat_path and self.text_rag.has_chat_template():
             # the chat path: the same questions as a user's turn of the chat template, gated on that turn
@@ -712,12 +706,12 @@ class LifelongEvaluator:
             generated += range(len(rows), len(rows) + len(extra))
             rows = [*rows, *extra]
             for m in computed:
-                plans[m] += [self._plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in extra]
+                plans[m] += [self.planner.plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in extra]
 
         # 1. greedy generations (unique inputs only)
         gen_keys = {(plans[m][i].text, plans[m][i].prefix) for m in computed for i in generated}
         gen_keys |= {(r.text, None) for r in rows if r.kind == "locality" and r.target is None}
-        gen_out = self.outputs.generate(gen_keys, lambda st: self._prefix(store, st), desc=f"generate t={t}")
+        gen_out = self.outputs.generate(gen_keys, lambda st: self.planner.prefix(store, st), desc=f"generate t={t}")
         # locality targets: the reference answer, else the unedited greedy continuation
         targets: list[str | None] = []
         for r in rows:
@@ -732,11 +726,11 @@ class LifelongEvaluator:
             for i in scored
             if targets[i] is not None
         }
-        tf_out = self.outputs.score(tf_keys, lambda st: self._prefix(store, st), desc=f"score t={t}")
+        tf_out = self.outputs.score(tf_keys, lambda st: self.planner.prefix(store, st), desc=f"score t={t}")
 
         for m in computed:  # every used prefix, for its length (it varies with target slots)
             for plan in plans[m]:
-                self._prefix(store, plan.prefix)
+                self.planner.prefix(store, plan.prefix)
         method_metrics = {
             m: assemble(m, rows, plans, targets, gen_out, tf_out, edit_ids, self._costs, gen_examples, answered)
             for m in methods
@@ -774,88 +768,6 @@ class LifelongEvaluator:
             gate_batch_s=gate_batch_s,
             wall_s=time.perf_counter() - started,
         )
-
-    # ------------------------------------------------------------------ internals: gating
-    def _gate_all(self, store: Any, texts: Sequence[str], desc: str) -> dict[str, Gate]:
-        unique = list(dict.fromkeys(texts))
-        out: dict[str, Gate] = {}
-        size = self.config.gate_batch_size
-        for start in progress_bar(range(0, len(unique), size), self.progress, desc=desc, unit="batch", leave=False):
-            chunk = unique[start : start + size]
-            results = store.gate_batch(chunk)
-            if len(results) != len(chunk):
-                raise RuntimeError(f"gate_batch returned {len(results)} results for {len(chunk)} texts")
-            for text, g in zip(chunk, results):
-                out[text] = self._keep_gate(g)
-        return out
-
-    def _keep_gate(self, g: Any) -> Gate:
-        hit_id = g.hit.edit_id if g.hit is not None else None
-        hit_statement = g.hit.statement if g.hit is not None else None
-        if hit_statement is not None:
-            self._edit_of[hit_statement] = hit_id  # the latest store gated wins
-            if g.prompt_vectors is not None and hit_statement not in self._prefixes:
-                self._prefixes[hit_statement] = self._as_prefix(g.prompt_vectors)
-        top = g.candidates[0] if g.candidates else None
-        if top is not None:
-            self._edit_of[top.record.statement] = top.record.edit_id
-        return Gate(
-            hit_id=hit_id,
-            hit_statement=hit_statement,
-            top_id=top.record.edit_id if top is not None else None,
-            top_sim=float(top.similarity) if top is not None else None,
-            top_statement=top.record.statement if top is not None else None,
-            sentinel_sim=float(g.sentinel_similarity),
-        )
-
-    def _as_prefix(self, vectors: torch.Tensor) -> torch.Tensor:
-        if vectors.dim() != 2:
-            raise ValueError(f"prompt vectors must be (P, D); got {tuple(vectors.shape)}")
-        return vectors.detach().to(self.lm.device, self.lm.dtype)  # (P, D)
-
-    def _prefix(self, store: Any, statement: str | None) -> torch.Tensor | None:
-        if statement is None:
-            return None
-        if statement not in self._prefixes:
-            self._prefixes[statement] = self._as_prefix(store.prompt_vectors(self._edit_of[statement]))
-        return self._prefixes[statement]
-
-    def _plan(
-        self,
-        method: str,
-        row: Row,
-        gate: Gate,
-        edit_ids: Sequence[str],
-        statements: dict[str, str],
-        hit: StatementHit | None = None,
-    ) -> Plan:
-        own = edit_ids[row.example] if row.example is not None else None
-        plain = self.text_rag.chat_text(row.text) if row.chat else row.text  # the LLM input without an edit
-        rag_format = "chat" if row.chat else None
-        if method == "no-edit":
-            return Plan(None, plain, None)
-        if method == "recipe":
-            return Plan(gate.hit_id, plain, gate.hit_statement)
-        if method == "recipe-no-gate":
-            return Plan(gate.top_id, plain, gate.top_statement)
-        if method in ("text-rag", "text-rag-top1"):
-            if hit is None or not self.text_rag.admits(hit, thresholded=method == "text-rag"):
-                return Plan(None, plain, None)
-            text = self.text_rag.text(row.text, hit.statement, rag_format)  # type: ignore[arg-type]
-            return Plan(str(hit.metadata.get("edit_id")), text, None)
-        if method == "text-rag-recipe-sim":
-            assert self._threshold is not None
-            if gate.top_id is not None and gate.top_sim is not None and gate.top_sim >= self._threshold:
-                statement = gate.top_statement or statements.get(gate.top_id, "")
-                if row.chat:
-                    return Plan(gate.top_id, self.text_rag.text(row.text, statement, "chat"), None)
-                return Plan(gate.top_id, format_text_rag_prompt(row.text, [statement]), None)
-            return Plan(None, plain, None)
-        if method == "text-rag-oracle":
-            if own is None:  # general questions have no edit of their own
-                return Plan(None, plain, None)
-            return Plan(own, self.text_rag.text(row.text, statements[own], rag_format), None)
-        raise ValueError(f"unknown method {method!r}")
 
     # ------------------------------------------------------------------ internals: run state
     def _usable_questions(self, questions: Sequence[LocalityPrompt]) -> list[LocalityPrompt]:
