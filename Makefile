@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench-store bench-quality bench-scale bench-gate train-verifier train-target-slots train-retriever-mix clean
+.PHONY: install demo test test-fast lint bench-store bench-quality bench-scale bench-gate train-verifier train-target-slots train-retriever-mix clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration and not server"
+
+# Pyflakes-level lint ([tool.ruff] in pyproject.toml); tests/test_lint.py runs it in `make test` too.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # Knowledge-store benchmarks (~40 min): int8 vs float32 query encoding, gate quality and latency
 # -> benchmarks/results/int8_queries.{json,md}; store latency with the defaults (int8 queries)

@@ -17,7 +17,6 @@ Writes benchmarks/results/target_sensitivity.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

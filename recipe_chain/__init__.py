@@ -82,6 +82,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "VerifierConfig": "recipe_chain.verifier",
     "load_default_editor": "recipe_chain.defaults",
     "default_checkpoint_path": "recipe_chain.defaults",
+    "load_models": "recipe_chain.models",
+    "EditingModels": "recipe_chain.models",
     "TrainingConfig": "recipe_chain.training",
     "train": "recipe_chain.training",
 }

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", default=None, help="URL of a Chroma server, e.g. http://127.0.0.1:8000.")
     parser.add_argument("--namespace", default="default", help="Knowledge-base namespace inside the store.")
     parser.add_argument("--checkpoint", default=None, help="RECIPE checkpoint directory (default: the shipped one).")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="Without any RECIPE checkpoint, use an untrained editor (smoke runs; edits will not work).")
     parser.add_argument("--debug", action="store_true", help="Show tracebacks and debug logs.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:

@@ -44,14 +44,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import ValidationError
 
-from recipe_chain.errors import RecipeChainError
+from recipe_chain.data_formats import (
+    PARSERS,
+    RELATION_PHRASES,
+    RecordError,
+    case_id_of,
+    describe,
+    detect_format,
+    first_answer,
+    required_text,
+    split_statement,
+)
+from recipe_chain.edit_examples import DATA_FORMATS, DataFormat, DataFormatError, EditExample, LocalityPrompt
 
 __all__ = [
     "DATA_FORMATS",
@@ -72,14 +82,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DataFormat = Literal[
-    "counterfact_flat", "zsre_mend", "knowedit", "counterfact_rome", "hallueditbench", "pokemqa", "mquake"
-]
-"""Names of the record formats :func:`load_edit_examples` understands."""
-
-DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
-"""All :data:`DataFormat` names, in a fixed order."""
-
 NEVER_TRAINED_ON: tuple[str, ...] = ("zsre/train-1k.json", "knowedit/wiki_recent_train.json", "counterfact/eval.json")
 """The evaluation sets of ``../shared/data`` (path endings) that no training run may read;
 HalluEditBench's dev subjects are kept out by :func:`split_by_subject` instead."""
@@ -91,148 +93,8 @@ def check_trainable(path: str | os.PathLike[str]) -> None:
     if any(posix.endswith(name) for name in NEVER_TRAINED_ON):
         raise ValueError(f"{path} is an evaluation set that is never trained on")
 
-_NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-
-_ZSRE_LOC_PREFIX = "nq question:"
-
-
-class LocalityPrompt(BaseModel):
-    """A prompt an edit must *not* change, with the expected answer when known.
-
-    Attributes:
-        prompt: The prompt text (stripped, non-empty).
-        answer: The reference answer, or ``None`` when the data gives none.
-        aliases: Every accepted answer, when the data gives several (NQ-open); empty
-            otherwise (then ``answer`` alone is accepted).
-
-    Example:
-        >>> LocalityPrompt(prompt="Michel Rocard is a native speaker of", answer="French").answer
-        'French'
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    prompt: _NonEmptyStr
-    answer: str | None = None
-    aliases: tuple[str, ...] = ()
-
-    @property
-    def accepted_answers(self) -> tuple[str, ...]:
-        """``aliases`` when given, else ``(answer,)``, else ``()``."""
-        if self.aliases:
-            return self.aliases
-        return (self.answer,) if self.answer is not None else ()
-
-    @field_validator("answer")
-    @classmethod
-    def _blank_answer_is_none(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        return value or None
-
-
-class EditExample(BaseModel):
-    """One knowledge edit with its evaluation prompts, independent of the source format.
-
-    Attributes:
-        prompt: The edit prompt, e.g. ``"The mother tongue of Danielle Darrieux is"``.
-        target_new: The new target the edit should produce, e.g. ``"English"``.
-        subject: The edited subject, when the format gives it.
-        ground_truth: The old (pre-edit) answer, when the format gives it.
-        paraphrases: Rephrased prompts that should also yield ``target_new`` (generality).
-        locality: Unrelated prompts whose answers the edit must not change.
-        case_id: The record's id in its source data, as a string, when it has one.
-        source_format: The :data:`DataFormat` name the example was read from (free text
-            for examples built by hand).
-
-    Example:
-        >>> ex = EditExample(prompt="The mother tongue of Danielle Darrieux is ",
-        ...                  target_new="English", source_format="counterfact_flat")
-        >>> ex.statement
-        'The mother tongue of Danielle Darrieux is English'
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    prompt: _NonEmptyStr
-    target_new: _NonEmptyStr
-    subject: str | None = None
-    ground_truth: str | None = None
-    paraphrases: list[_NonEmptyStr] = Field(default_factory=list)
-    locality: list[LocalityPrompt] = Field(default_factory=list)
-    case_id: str | None = None
-    source_format: str
-
-    @field_validator("subject", "ground_truth", "case_id")
-    @classmethod
-    def _blank_is_none(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        return value or None
-
-    @property
-    def statement(self) -> str:
-        """The edit as one sentence: ``"<prompt> <target_new>"`` with a single space."""
-        return f"{self.prompt.rstrip()} {self.target_new}"
-
-
-class DataFormatError(RecipeChainError, ValueError):
-    """A data file, or one record in it, does not have the expected shape.
-
-    Derives from :class:`~recipe_chain.errors.RecipeChainError` and ``ValueError``.
-
-    Attributes:
-        path: The file concerned, when known.
-        index: The 0-based record index (for ``.jsonl``: among non-blank lines), when known.
-        field: The missing or invalid field, when known.
-        case_id: The record's ``case_id``, when it has one.
-
-    Example:
-        >>> try:
-        ...     detect_format({"foo": 1})
-        ... except DataFormatError as err:
-        ...     print("unknown" in str(err))
-        True
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str | os.PathLike[str] | None = None,
-        index: int | None = None,
-        field: str | None = None,
-        case_id: str | None = None,
-    ) -> None:
-        self.path = None if path is None else str(path)
-        self.index = index
-        self.field = field
-        self.case_id = case_id
-        where: list[str] = []
-        if self.path is not None:
-            where.append(self.path)
-        if index is not None:
-            rec = f"record {index}"
-            if case_id is not None:
-                rec += f" (case_id={case_id})"
-            where.append(rec)
-        if field is not None:
-            where.append(f"field {field!r}")
-        full = f"{': '.join(where)}: {message}" if where else message
-        super().__init__(full)
-
-
 # --------------------------------------------------------------------------------------
 # reading files
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"
 
 
 def _parse_jsonl(text: str, path: Path) -> list[Any]:
@@ -317,401 +179,9 @@ def iter_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     for index, record in enumerate(data):
         if not isinstance(record, dict):
             raise DataFormatError(
-                f"expected a JSON object, got {_describe(record)}", path=p, index=index
+                f"expected a JSON object, got {describe(record)}", path=p, index=index
             )
     return data
-
-
-# --------------------------------------------------------------------------------------
-# format detection
-
-
-def detect_format(record: dict[str, Any]) -> DataFormat:
-    """Tell which :data:`DataFormat` a record is in, from its keys.
-
-    Rules, in order: ``edit`` and ``questions`` -> ``pokemqa``; ``requested_rewrite`` -> ``mquake``
-    when it is a list, else ``counterfact_rome``; ``question``, ``object`` and ``multiple_choices``
-    -> ``hallueditbench``; ``src`` or ``alt`` ->
-    ``zsre_mend``; ``prompt`` or ``target_new`` together with ``locality`` or
-    ``portability`` -> ``knowedit``; ``prompt`` or ``target_new`` otherwise ->
-    ``counterfact_flat``. Detection only looks at keys; the loader validates the values.
-
-    Args:
-        record: One raw record (a JSON object).
-
-    Returns:
-        The format name.
-
-    Raises:
-        DataFormatError: If ``record`` is not a dict or matches no known format; the
-            message lists the keys seen and the formats known.
-
-    Example:
-        >>> detect_format({"src": "What is the product made by UniFirst?", "alt": "drone"})
-        'zsre_mend'
-    """
-    if not isinstance(record, dict):
-        raise DataFormatError(f"cannot detect the format of a {type(record).__name__}, expected a JSON object")
-    keys = set(record)
-    if {"edit", "questions"} <= keys:
-        return "pokemqa"
-    if "requested_rewrite" in keys:
-        return "mquake" if isinstance(record["requested_rewrite"], list) else "counterfact_rome"
-    if {"question", "object", "multiple_choices"} <= keys:
-        return "hallueditbench"
-    if keys & {"src", "alt"}:
-        return "zsre_mend"
-    if keys & {"prompt", "target_new"}:
-        if keys & {"locality", "portability"}:
-            return "knowedit"
-        return "counterfact_flat"
-    raise DataFormatError(
-        f"unknown record format: keys seen {sorted(keys)}; formats known: "
-        "counterfact_flat (prompt, target_new, rephrase_prompt, locality_prompt, ...), "
-        "zsre_mend (src, alt, answers, rephrase, loc, loc_ans), "
-        "knowedit (prompt, target_new, rephrase_prompt, locality: {...}, portability), "
-        "counterfact_rome (requested_rewrite, paraphrase_prompts, neighborhood_prompts), "
-        "hallueditbench (subject, question, object, multiple_choices, paraphrased_question, locality_question), "
-        "pokemqa (edit, questions), mquake (requested_rewrite: [...], questions, single_hops)"
-    )
-
-
-# --------------------------------------------------------------------------------------
-# per-record parsing
-
-
-class _RecordError(Exception):
-    """Internal: a problem with one field of the record being parsed."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
-_MISSING = object()
-
-
-def _required_text(record: dict[str, Any], key: str, *, field: str | None = None) -> str:
-    field = field or key
-    value = record.get(key, _MISSING)
-    if value is _MISSING:
-        raise _RecordError(field, "is missing")
-    if not isinstance(value, str):
-        raise _RecordError(field, f"must be a string, got {_describe(value)}")
-    value = value.strip()
-    if not value:
-        raise _RecordError(field, "must be a non-empty string, got an empty one")
-    return value
-
-
-def _optional_text(record: dict[str, Any], key: str, *, field: str | None = None) -> str | None:
-    field = field or key
-    value = record.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _RecordError(field, f"must be a string, got {_describe(value)}")
-    return value.strip() or None
-
-
-def _first_answer(value: Any, field: str) -> str | None:
-    """First non-empty string in a string / number / (nested) list of them; else None."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise _RecordError(field, f"must be a string or a list of strings, got {_describe(value)}")
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, str):
-        return value.strip() or None
-    if isinstance(value, list):
-        for item in value:
-            found = _first_answer(item, field)
-            if found is not None:
-                return found
-        return None
-    raise _RecordError(field, f"must be a string or a list of strings, got {_describe(value)}")
-
-
-def _text_list(value: Any, field: str) -> list[str]:
-    """A string or list of strings -> list of non-empty stripped strings."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value.strip()] if value.strip() else []
-    if not isinstance(value, list):
-        raise _RecordError(field, f"must be a string or a list of strings, got {_describe(value)}")
-    out: list[str] = []
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise _RecordError(f"{field}[{i}]", f"must be a string, got {_describe(item)}")
-        if item.strip():
-            out.append(item.strip())
-    return out
-
-
-def _case_id(record: dict[str, Any]) -> str | None:
-    value = record.get("case_id")
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (str, int)):
-        return str(value).strip() or None
-    return None
-
-
-def _parse_counterfact_flat(record: dict[str, Any]) -> dict[str, Any]:
-    locality: list[LocalityPrompt] = []
-    loc_prompt = _optional_text(record, "locality_prompt")
-    if loc_prompt is not None:
-        answer = _first_answer(record.get("locality_ground_truth"), "locality_ground_truth")
-        locality.append(LocalityPrompt(prompt=loc_prompt, answer=answer))
-    return {
-        "prompt": _required_text(record, "prompt"),
-        "target_new": _required_text(record, "target_new"),
-        "subject": _optional_text(record, "subject"),
-        "ground_truth": _first_answer(record.get("ground_truth"), "ground_truth"),
-        "paraphrases": _text_list(record.get("rephrase_prompt"), "rephrase_prompt"),
-        "locality": locality,
-    }
-
-
-def _parse_zsre_mend(record: dict[str, Any]) -> dict[str, Any]:
-    answers = record.get("answers")
-    if answers is not None and not isinstance(answers, (list, str)):
-        raise _RecordError("answers", f"must be a list of strings, got {_describe(answers)}")
-    locality: list[LocalityPrompt] = []
-    loc = _optional_text(record, "loc")
-    if loc is not None:
-        if loc.lower().startswith(_ZSRE_LOC_PREFIX):
-            loc = loc[len(_ZSRE_LOC_PREFIX) :].strip()
-        if loc:
-            answer = _first_answer(record.get("loc_ans"), "loc_ans")
-            locality.append(LocalityPrompt(prompt=loc, answer=answer))
-    return {
-        "prompt": _required_text(record, "src"),
-        "target_new": _required_text(record, "alt"),
-        "subject": _optional_text(record, "subject"),
-        "ground_truth": _first_answer(answers, "answers"),
-        "paraphrases": _text_list(record.get("rephrase"), "rephrase"),
-        "locality": locality,
-    }
-
-
-def _parse_knowedit(record: dict[str, Any]) -> dict[str, Any]:
-    rephrase_key = "rephrase_prompt" if "rephrase_prompt" in record else "rephrase"
-    locality: list[LocalityPrompt] = []
-    groups = record.get("locality")
-    if groups is not None:
-        if not isinstance(groups, dict):
-            raise _RecordError("locality", f"must be an object {{name: [{{prompt, ground_truth}}]}}, got {_describe(groups)}")
-        for name, items in groups.items():
-            field = f"locality.{name}"
-            if isinstance(items, dict):
-                items = [items]
-            if not isinstance(items, list):
-                raise _RecordError(field, f"must be a list of {{prompt, ground_truth}} objects, got {_describe(items)}")
-            for i, item in enumerate(items):
-                item_field = f"{field}[{i}]"
-                if not isinstance(item, dict):
-                    raise _RecordError(item_field, f"must be an object {{prompt, ground_truth}}, got {_describe(item)}")
-                prompts = item.get("prompt")
-                answers = item.get("ground_truth")
-                if isinstance(prompts, list):
-                    # EasyEdit's columnar variant: {"prompt": [...], "ground_truth": [...]}
-                    prompt_list = _text_list(prompts, f"{item_field}.prompt")
-                    answer_list = answers if isinstance(answers, list) else [answers] * len(prompt_list)
-                    for j, p in enumerate(prompt_list):
-                        a = answer_list[j] if j < len(answer_list) else None
-                        locality.append(LocalityPrompt(prompt=p, answer=_first_answer(a, f"{item_field}.ground_truth")))
-                    continue
-                prompt = _required_text(item, "prompt", field=f"{item_field}.prompt")
-                answer = _first_answer(answers, f"{item_field}.ground_truth")
-                locality.append(LocalityPrompt(prompt=prompt, answer=answer))
-    return {
-        "prompt": _required_text(record, "prompt"),
-        "target_new": _required_text(record, "target_new"),
-        "subject": _optional_text(record, "subject"),
-        "ground_truth": _first_answer(record.get("ground_truth"), "ground_truth"),
-        "paraphrases": _text_list(record.get(rephrase_key), rephrase_key),
-        "locality": locality,
-    }
-
-
-def _parse_counterfact_rome(record: dict[str, Any]) -> dict[str, Any]:
-    rewrite = record.get("requested_rewrite", _MISSING)
-    if rewrite is _MISSING:
-        raise _RecordError("requested_rewrite", "is missing")
-    if not isinstance(rewrite, dict):
-        raise _RecordError("requested_rewrite", f"must be an object, got {_describe(rewrite)}")
-    template = _required_text(rewrite, "prompt", field="requested_rewrite.prompt")
-    subject = _required_text(rewrite, "subject", field="requested_rewrite.subject")
-    if "{}" not in template:
-        raise _RecordError("requested_rewrite.prompt", f"has no '{{}}' subject placeholder: {template!r}")
-    target_new = rewrite.get("target_new", _MISSING)
-    if target_new is _MISSING:
-        raise _RecordError("requested_rewrite.target_new", "is missing")
-    if not isinstance(target_new, dict):
-        raise _RecordError("requested_rewrite.target_new", f"must be an object {{str, id}}, got {_describe(target_new)}")
-    new = _required_text(target_new, "str", field="requested_rewrite.target_new.str")
-    target_true = rewrite.get("target_true")
-    if target_true is not None and not isinstance(target_true, dict):
-        raise _RecordError("requested_rewrite.target_true", f"must be an object {{str, id}}, got {_describe(target_true)}")
-    true = None if target_true is None else _optional_text(target_true, "str", field="requested_rewrite.target_true.str")
-
-    neighbours = record.get("neighborhood_prompts")
-    locality: list[LocalityPrompt] = []
-    if neighbours is not None:
-        if not isinstance(neighbours, list):
-            raise _RecordError("neighborhood_prompts", f"must be a list of strings, got {_describe(neighbours)}")
-        for i, item in enumerate(neighbours):
-            field = f"neighborhood_prompts[{i}]"
-            if isinstance(item, dict):  # some derived versions use {"prompt": ..., "target": ...}
-                text = _required_text(item, "prompt", field=f"{field}.prompt")
-            elif isinstance(item, str):
-                text = item.strip()
-            else:
-                raise _RecordError(field, f"must be a string, got {_describe(item)}")
-            if text:
-                locality.append(LocalityPrompt(prompt=text, answer=true))
-    return {
-        "prompt": template.replace("{}", subject).strip(),
-        "target_new": new,
-        "subject": subject,
-        "ground_truth": true,
-        "paraphrases": _text_list(record.get("paraphrase_prompts"), "paraphrase_prompts"),
-        "locality": locality,
-    }
-
-
-def _parse_hallueditbench(record: dict[str, Any]) -> dict[str, Any]:
-    import ast
-    import hashlib
-    import random
-
-    subject = _required_text(record, "subject")
-    question = _required_text(record, "question")
-    true = _required_text(record, "object")
-    raw = record.get("multiple_choices", _MISSING)
-    if raw is _MISSING:
-        raise _RecordError("multiple_choices", "is missing")
-    choices: Any = raw
-    if isinstance(raw, str):  # the CSV-derived files hold a Python list literal in a string
-        try:
-            choices = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            raise _RecordError("multiple_choices", f"is not a list literal: {raw[:80]!r}") from None
-    if not isinstance(choices, (list, tuple)) or not all(isinstance(c, (str, int, float)) for c in choices):
-        raise _RecordError("multiple_choices", f"must be a list of strings, got {_describe(choices)}")
-    wrong = sorted({str(c).strip() for c in choices if str(c).strip() and str(c).strip().casefold() != true.casefold()})
-    if not wrong:
-        raise _RecordError("multiple_choices", "holds no wrong choice to make a counterfactual target from")
-    seed = hashlib.sha256(f"hallueditbench\x1f{subject}\x1f{question}".encode()).digest()
-    target_new = random.Random(seed).choice(wrong)
-    locality_question = _optional_text(record, "locality_question")
-    return {
-        "prompt": question,
-        "target_new": target_new,
-        "subject": subject,
-        "ground_truth": true,
-        "paraphrases": _text_list(record.get("paraphrased_question"), "paraphrased_question"),
-        "locality": [LocalityPrompt(prompt=locality_question)] if locality_question else [],
-    }
-
-
-RELATION_PHRASES: tuple[str, ...] = (
-    "{} is a citizen of", "{} is affiliated with the religion of", "{} is associated with the sport of",
-    "{} is employed by", "{} is famous for", "{} is located in the continent of", "{} is married to",
-    "{} plays the position of", "{} was born in the city of", "{} died in the city of", "{} worked in the city of",
-    "{} was created by", "{} was created in the country of", "{} was developed by", "{} was founded by",
-    "{} was founded in the city of", "{} was performed by", "{} works in the field of", "{} speaks the language of",
-    "{} was written in the language of", "{}'s child is", "The author of {} is", "The capital of {} is",
-    "The chairperson of {} is", "The chief executive officer of {} is", "The company that produced {} is",
-    "The director of {} is", "The head coach of {} is", "The headquarters of {} is located in the city of",
-    "The name of the current head of the {} government is", "The name of the current head of state in {} is",
-    "The official language of {} is", "The original language of {} is", "The origianl broadcaster of {} is",
-    "The type of music that {} plays is", "The univeristy where {} was educated is",
-)
-"""Cloze templates of the PokeMQA/MQuAKE relations (spelling as in the data), used to split a
-PokeMQA statement into its prompt and its object."""
-
-_RELATION_PATTERNS = [
-    re.compile("^" + re.escape(t).replace(re.escape("{}"), "(?P<subject>.+?)") + r"\s+(?P<object>\S.*)$")
-    for t in sorted(RELATION_PHRASES, key=len, reverse=True)
-]
-_FALLBACK_SPLITS = (  # the first "is"/"was", else the last "of"/"by"/"in"
-    re.compile(r"^(?P<prompt>.+?\s(?:is|was))\s+(?P<object>\S.*)$"),
-    re.compile(r"^(?P<prompt>.+\s(?:of|by|in))\s+(?P<object>\S.*)$"),
-)
-
-
-def split_statement(statement: str) -> tuple[str, str, str | None]:
-    """``(prompt, object, subject or None)`` of a statement such as PokeMQA's edits.
-
-    A known relation phrase (:data:`RELATION_PHRASES`) gives the split and the subject;
-    otherwise the statement is split after its first "is" or "was", else after its last
-    "of", "by" or "in".
-
-    Raises:
-        ValueError: If the statement has no such word before its last word.
-
-    Example:
-        >>> split_statement("Carl Sagan is employed by British Broadcasting Corporation")
-        ('Carl Sagan is employed by', 'British Broadcasting Corporation', 'Carl Sagan')
-    """
-    text = " ".join(statement.split())
-    for pattern in _RELATION_PATTERNS:
-        match = pattern.match(text)
-        if match:
-            obj = match.group("object")
-            return text[: len(text) - len(obj)].rstrip(), obj, match.group("subject")
-    for pattern in _FALLBACK_SPLITS:
-        match = pattern.match(text)
-        if match:
-            return match.group("prompt"), match.group("object"), None
-    raise ValueError(f"cannot tell the object of {statement!r}: no relation phrase and no 'is'/'was'/'of'/'by'/'in'")
-
-
-def _parse_pokemqa(record: dict[str, Any]) -> dict[str, Any]:
-    edit = _required_text(record, "edit")
-    questions = record.get("questions", _MISSING)
-    if questions is _MISSING:
-        raise _RecordError("questions", "is missing")
-    questions = _text_list(questions, "questions")
-    if not questions:
-        raise _RecordError("questions", "must hold at least one non-empty question")
-    try:
-        prompt, obj, subject = split_statement(edit)
-    except ValueError as err:
-        raise _RecordError("edit", str(err)) from None
-    return {"prompt": prompt, "target_new": obj, "subject": subject, "paraphrases": questions, "locality": []}
-
-
-def _parse_mquake(record: dict[str, Any]) -> list[dict[str, Any]]:
-    rewrites = record.get("requested_rewrite")
-    if not isinstance(rewrites, list) or not rewrites:
-        raise _RecordError("requested_rewrite", f"must be a non-empty list of rewrites, got {_describe(rewrites)}")
-    hops = record.get("single_hops") or []
-    if not isinstance(hops, list):
-        raise _RecordError("single_hops", f"must be a list, got {_describe(hops)}")
-    clozes: list[tuple[str, str | None]] = []
-    for i, hop in enumerate(hops):
-        if not isinstance(hop, dict):
-            raise _RecordError(f"single_hops[{i}]", f"must be an object, got {_describe(hop)}")
-        cloze = _optional_text(hop, "cloze", field=f"single_hops[{i}].cloze")
-        if cloze:
-            clozes.append((cloze, _first_answer(hop.get("answer"), f"single_hops[{i}].answer")))
-    out = []
-    for i, rewrite in enumerate(rewrites):
-        if not isinstance(rewrite, dict):
-            raise _RecordError(f"requested_rewrite[{i}]", f"must be an object, got {_describe(rewrite)}")
-        fields = _parse_counterfact_rome({"requested_rewrite": rewrite})
-        question = _optional_text(rewrite, "question", field=f"requested_rewrite[{i}].question")
-        fields["paraphrases"] = [question] if question else []
-        subject = fields["subject"].casefold()
-        fields["locality"] = [LocalityPrompt(prompt=c, answer=a) for c, a in clozes if subject not in c.casefold()]
-        out.append(fields)
-    return out
 
 
 def split_by_subject(
@@ -749,17 +219,6 @@ def split_by_subject(
         h = int.from_bytes(hashlib.sha256(f"{salt}\x1f{key}".encode()).digest()[:8], "big") / 2**64
         (dev if h < dev_share else train).append(ex)
     return train, dev
-
-
-_PARSERS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | list[dict[str, Any]]]] = {
-    "counterfact_flat": _parse_counterfact_flat,
-    "zsre_mend": _parse_zsre_mend,
-    "knowedit": _parse_knowedit,
-    "counterfact_rome": _parse_counterfact_rome,
-    "hallueditbench": _parse_hallueditbench,
-    "pokemqa": _parse_pokemqa,
-    "mquake": _parse_mquake,
-}
 
 
 def _check_limit(limit: int | None) -> None:
@@ -811,7 +270,7 @@ def load_edit_examples(
         >>> examples[0].prompt, examples[0].target_new, examples[0].locality[0].prompt
         ('What is the product made by UniFirst?', 'unmanned aircraft', "john goodman's character in the big lebowski")
     """
-    if format != "auto" and format not in _PARSERS:
+    if format != "auto" and format not in PARSERS:
         raise ValueError(f"unknown format {format!r}; expected 'auto' or one of {list(DATA_FORMATS)}")
     if on_invalid not in ("raise", "skip"):
         raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
@@ -829,19 +288,19 @@ def load_edit_examples(
         logger.debug("%s: detected format %s", p, fmt)
     else:
         fmt = format
-    parse = _PARSERS[fmt]
+    parse = PARSERS[fmt]
 
     examples: list[EditExample] = []
     skipped = 0
     for index, record in enumerate(records):
-        case_id = _case_id(record)
+        case_id = case_id_of(record)
         try:
             parsed = parse(record)
             examples += [
                 EditExample(**fields, case_id=case_id, source_format=fmt)
                 for fields in (parsed if isinstance(parsed, list) else [parsed])
             ]
-        except _RecordError as err:
+        except RecordError as err:
             error = DataFormatError(err.message, path=p, index=index, field=err.field, case_id=case_id)
         except ValidationError as err:  # safety net: model constraints not caught above
             first = err.errors()[0]
@@ -891,15 +350,15 @@ def load_questions(path: str | os.PathLike[str], *, limit: int | None = None) ->
     questions: list[LocalityPrompt] = []
     for index, record in enumerate(_head(iter_records(p), limit)):
         try:
-            prompt = _required_text(record, "question")
+            prompt = required_text(record, "question")
             key = "answer" if "answer" in record else "answers"
-            answer = _first_answer(record.get(key), key)
+            answer = first_answer(record.get(key), key)
             raw = record.get(key)
             aliases = tuple(
-                a for a in (_first_answer(v, key) for v in (raw if isinstance(raw, list) else [raw])) if a is not None
+                a for a in (first_answer(v, key) for v in (raw if isinstance(raw, list) else [raw])) if a is not None
             )
-        except _RecordError as err:
-            raise DataFormatError(err.message, path=p, index=index, field=err.field, case_id=_case_id(record)) from None
+        except RecordError as err:
+            raise DataFormatError(err.message, path=p, index=index, field=err.field, case_id=case_id_of(record)) from None
         questions.append(LocalityPrompt(prompt=prompt, answer=answer, aliases=aliases))
     logger.info("Loaded %d questions from %s", len(questions), p)
     return questions

@@ -11,15 +11,11 @@ The questions are each edit's prompt and a paraphrase of it (the edit should fir
 edit's CounterFact locality prompt and an NQ question (it should not). Printing is the
 command layer's job (``recipe-chain demo``); this module only computes.
 
-:func:`load_models` is also how the CLI gets its models: the default LLM plus the shipped
-checkpoint (or ``checkpoint=``). Without a shipped checkpoint it raises, unless the
-environment variable ``RECIPE_CHAIN_ALLOW_UNTRAINED=1`` allows an untrained editor,
-which it then uses with a loud warning.
+Its models come from :func:`recipe_chain.models.load_models`, like every other entry point's.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -30,131 +26,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from recipe_chain._moved import moved_names
+from recipe_chain.models import EditingModels, load_models
 from recipe_chain.data import EditExample, load_edit_examples, load_questions
-from recipe_chain.defaults import load_default_editor
-from recipe_chain.editor import RecipeEditor
-from recipe_chain.errors import CheckpointMismatchError
 from recipe_chain.loading import (
-    DEFAULT_LLM_ID,
-    GEMMA3_270M_ID,
     llm_id_of,
-    load_default_llm,
-    load_gemma3_270m,
-    load_llm,
 )
 
 __all__ = [
-    "ALLOW_UNTRAINED_ENV",
     "DEMO_NAMESPACE",
-    "EditingModels",
     "DemoRow",
     "DemoReport",
-    "load_models",
     "find_shared_data",
     "run_demo",
 ]
 
 logger = logging.getLogger(__name__)
 
-ALLOW_UNTRAINED_ENV = "RECIPE_CHAIN_ALLOW_UNTRAINED"
-"""Set to ``1`` to let the CLI and demo fall back to an untrained editor."""
-
 DEMO_NAMESPACE = "demo"
 DEFAULT_EDITS_FILE = "counterfact/eval.json"
 DEFAULT_QUESTIONS_FILE = "general/nq-open.jsonl"
-
-
-class EditingModels(BaseModel):
-    """The three pieces an edited LLM needs.
-
-    Attributes:
-        llm: The frozen causal LM.
-        tokenizer: Its tokenizer.
-        editor: The RECIPE editor (trained, unless ``trained`` is False).
-        trained: False when this is the untrained fallback editor.
-        checkpoint: Where the editor was loaded from (``None`` for the fallback).
-
-    Example:
-        >>> models = load_models()  # doctest: +SKIP
-        >>> models.editor.config.llm_id  # doctest: +SKIP
-        'HuggingFaceTB/SmolLM2-135M-Instruct'
-    """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
-
-    llm: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    editor: RecipeEditor
-    trained: bool = True
-    checkpoint: str | None = None
-
-
-def _allow_untrained() -> bool:
-    return os.environ.get(ALLOW_UNTRAINED_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def _load_llm_for(llm_id: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The LLM a checkpoint was trained for, by its exact recorded id or local path."""
-    if llm_id == DEFAULT_LLM_ID:
-        return load_default_llm()
-    if llm_id == GEMMA3_270M_ID:
-        return load_gemma3_270m()
-    if Path(llm_id).expanduser().exists():
-        return load_llm(llm_id)
-    raise CheckpointMismatchError(
-        f"The checkpoint was trained for LLM {llm_id!r}, which is neither a packaged model "
-        f"({DEFAULT_LLM_ID!r}, {GEMMA3_270M_ID!r}) nor a local path"
-    )
-
-
-def load_models(checkpoint: str | os.PathLike[str] | None = None) -> EditingModels:
-    """Load the LLM and RECIPE editor the CLI and the demo use.
-
-    Args:
-        checkpoint: A RECIPE checkpoint directory; its recorded LLM is loaded with it.
-            ``None``: the default LLM and the checkpoint shipped in the package.
-
-    Returns:
-        The :class:`EditingModels`.
-
-    Raises:
-        FileNotFoundError: If ``checkpoint`` (or, with ``None``, the shipped checkpoint)
-            does not exist and ``RECIPE_CHAIN_ALLOW_UNTRAINED=1`` is not set.
-        CheckpointMismatchError: If the checkpoint's LLM cannot be found.
-    """
-    if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"No RECIPE checkpoint at {path} (missing config.json)")
-        try:
-            llm_id = json.loads(config_file.read_text())["llm_id"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointMismatchError(f"{config_file} is not a RECIPE checkpoint config: {exc}") from None
-        llm, tokenizer = _load_llm_for(str(llm_id))
-        editor = RecipeEditor.from_pretrained(path, llm=llm)
-        return EditingModels(llm=llm, tokenizer=tokenizer, editor=editor, checkpoint=str(path))
-
-    llm, tokenizer = load_default_llm()
-    try:
-        editor = load_default_editor(llm)
-    except FileNotFoundError as exc:
-        if not _allow_untrained():
-            raise FileNotFoundError(
-                f"{exc} (Or set {ALLOW_UNTRAINED_ENV}=1 to try recipe-chain with an untrained editor.)"
-            ) from exc
-        logger.warning(
-            "No trained RECIPE checkpoint is shipped; %s is set, so an UNTRAINED editor is used. "
-            "Its retrieval, gate and prompt vectors are random: edits will not work as intended.",
-            ALLOW_UNTRAINED_ENV,
-        )
-        editor = RecipeEditor.from_backbone(llm)
-        return EditingModels(llm=llm, tokenizer=tokenizer, editor=editor, trained=False)
-    from recipe_chain.defaults import default_checkpoint_path
-
-    return EditingModels(llm=llm, tokenizer=tokenizer, editor=editor, checkpoint=str(default_checkpoint_path()))
 
 
 def find_shared_data(relative: str) -> Path:
@@ -304,9 +196,9 @@ def run_demo(
             ``../shared/data/general/nq-open.jsonl``.
         n_unrelated: How many NQ questions to add.
         max_new_tokens: Tokens generated per answer (greedy).
-        checkpoint: A RECIPE checkpoint directory (see :func:`load_models`).
+        checkpoint: A RECIPE checkpoint directory (see :func:`~recipe_chain.models.load_models`).
         models: Already loaded models, or a zero-argument function that loads them
-            (called after the inputs are checked); ``None``: :func:`load_models`.
+            (called after the inputs are checked); ``None``: :func:`~recipe_chain.models.load_models`.
 
     Returns:
         A :class:`DemoReport`.
@@ -422,3 +314,10 @@ def run_demo(
         store_path=None if tmp_dir is not None else str(fresh),
         seconds={k: round(v, 2) for k, v in seconds.items()},
     )
+
+
+# Names that lived here before the split, kept as deprecated aliases.
+__getattr__ = moved_names(__name__, {
+    "EditingModels": "recipe_chain.models",
+    "load_models": "recipe_chain.models",
+})

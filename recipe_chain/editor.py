@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from recipe_chain.config import CHECKPOINT_FORMAT_VERSION, RecipeConfig
 from recipe_chain.encoder import KnowledgeEncoder

@@ -31,7 +31,7 @@ from recipe_chain.runnables import (
     edit_info,
     generate_with_prefixes,
 )
-from recipe_chain.store import GateResult
+from recipe_chain.records import GateResult
 
 __all__ = ["RecipeEditedLLM", "RecipeEditedModelBase"]
 

@@ -6,14 +6,26 @@ They are re-exported by :mod:`recipe_chain.store`; import them from there.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-__all__ = ["ScalarMeta", "EditRecord", "GateCandidate", "GateResult"]
+__all__ = ["ScalarMeta", "EditLike", "EditRecord", "GateCandidate", "GateResult"]
 
 ScalarMeta = str | int | float | bool
 """A user metadata value: Chroma stores scalars only."""
+
+
+@runtime_checkable
+class EditLike(Protocol):
+    """Any object with an edit's fields, e.g. :class:`recipe_chain.data.EditExample`: the store
+    reads these attributes, so it need not import the dataset loaders."""
+
+    prompt: str
+    target_new: str
+    subject: str | None
+    case_id: str | None
 
 
 class EditRecord(BaseModel):

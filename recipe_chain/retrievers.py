@@ -38,7 +38,7 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:  # pragma: no cover
-    from recipe_chain.store import GateCandidate, GateResult
+    from recipe_chain.records import GateCandidate, GateResult
 
 __all__ = ["RecipeKnowledgeRetriever", "RetrievalMode", "KnowledgeStoreLike"]
 

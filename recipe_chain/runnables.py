@@ -36,7 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from recipe_chain.gate import admits, shortlist, verified_choice
 from recipe_chain.prefix_lm import Prefix, PrefixedCausalLM
-from recipe_chain.store import GateResult
+from recipe_chain.records import GateResult
 
 __all__ = [
     "GateOutput",

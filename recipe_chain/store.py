@@ -131,7 +131,7 @@ from recipe_chain.errors import (
     StoreBusyError,
 )
 from recipe_chain.gate import admits, rank, rescore, sentinel_similarity, shortlist, verified_choice
-from recipe_chain.records import EditRecord, GateCandidate, GateResult, ScalarMeta
+from recipe_chain.records import EditLike, EditRecord, GateCandidate, GateResult, ScalarMeta
 from recipe_chain.chroma_collection import (
     MAX_IDS_PER_CALL,
     PAGE,
@@ -155,7 +155,6 @@ from recipe_chain.write_behind import (
 if TYPE_CHECKING:
     import chromadb.api
 
-    from recipe_chain.data import EditExample
     from recipe_chain.retrievers import RecipeKnowledgeRetriever
 
 __all__ = [
@@ -833,10 +832,8 @@ class RecipeKnowledgeStore:
         )
 
     def _prepare_record(self, index: int, record: object) -> _Pending:
-        from recipe_chain.data import EditExample
-
         try:
-            if isinstance(record, EditExample):
+            if isinstance(record, EditLike) and not isinstance(record, Mapping):
                 meta: dict[str, ScalarMeta] = {}
                 if record.case_id is not None:
                     meta["case_id"] = record.case_id
@@ -972,7 +969,7 @@ class RecipeKnowledgeStore:
 
     def add_edits(
         self,
-        records: Iterable[Mapping[str, Any] | EditExample],
+        records: Iterable[Mapping[str, Any] | EditLike],
         batch_size: int = 256,
         progress: bool | None = None,
     ) -> list[EditRecord]:

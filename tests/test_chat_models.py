@@ -20,7 +20,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from recipe_chain.chat_models import RecipeEditedChatModel, render_messages
 from recipe_chain.llms import RecipeEditedLLM
 from recipe_chain.prefix_lm import PrefixedCausalLM
-from tiny_store import EDITS, make_store, shared_models
+from tiny_store import make_store, shared_models
 
 EDITED = "What is the mother tongue of Danielle Darrieux?"
 UNRELATED = "Hello, my name is Alex. Where do I live?"

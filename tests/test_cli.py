@@ -20,7 +20,8 @@ import pytest
 
 from recipe_chain import cli
 from recipe_chain.commands import store_commands
-from recipe_chain.demo import ALLOW_UNTRAINED_ENV, DemoReport, EditingModels, load_models, run_demo
+from recipe_chain.demo import DemoReport, run_demo
+from recipe_chain.models import EditingModels, load_models
 from tiny_models import tiny_causal_lm
 from tiny_store import EDITS, shared_models, tiny_models, write_counterfact, write_questions, write_zsre
 
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def models(monkeypatch) -> EditingModels:
     m = shared_models()
-    monkeypatch.setattr(store_commands, "load_models", lambda checkpoint=None: m)
+    monkeypatch.setattr(store_commands, "load_models", lambda checkpoint=None, **kw: m)
     return m
 
 
@@ -279,36 +280,36 @@ def test_run_demo_validates_arguments(models, tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------- model loading
-def test_load_models_falls_back_only_when_allowed(monkeypatch, caplog) -> None:
-    from recipe_chain import demo
+def test_load_models_falls_back_only_when_allowed(monkeypatch, caplog, tmp_path) -> None:
+    from recipe_chain import models as models_module
 
     tiny = shared_models()
-    monkeypatch.setattr(demo, "load_default_llm", lambda: (tiny.llm, tiny.tokenizer))
-
-    def no_checkpoint(llm):
-        raise FileNotFoundError("No shipped RECIPE checkpoint")
-
-    monkeypatch.setattr(demo, "load_default_editor", no_checkpoint)
+    loads = []
+    monkeypatch.setattr(models_module, "load_default_llm", lambda: loads.append(1) or (tiny.llm, tiny.tokenizer))
+    monkeypatch.setattr(models_module, "default_checkpoint_path", lambda: tmp_path / "not-shipped")
     calls = []
 
     class FakeEditorClass:
         @staticmethod
-        def from_backbone(llm):
+        def from_backbone(llm, seed=0):
             calls.append(llm)
             return tiny.editor
 
-    monkeypatch.setattr(demo, "RecipeEditor", FakeEditorClass)
-    monkeypatch.delenv(ALLOW_UNTRAINED_ENV, raising=False)
-    with pytest.raises(FileNotFoundError, match=f"No shipped.*{ALLOW_UNTRAINED_ENV}=1"):
+    monkeypatch.setattr(models_module, "RecipeEditor", FakeEditorClass)
+    with pytest.raises(FileNotFoundError, match="No shipped RECIPE checkpoint.*--allow-untrained"):
         load_models()
-    monkeypatch.setenv(ALLOW_UNTRAINED_ENV, "0")
-    with pytest.raises(FileNotFoundError):
-        load_models()
-    monkeypatch.setenv(ALLOW_UNTRAINED_ENV, "1")
-    with caplog.at_level(logging.WARNING, logger="recipe_chain.demo"):
-        loaded = load_models()
+    assert loads == []  # it fails before loading any model
+    with caplog.at_level(logging.WARNING, logger="recipe_chain.models"):
+        loaded = load_models(allow_untrained=True)
     assert loaded.trained is False and loaded.editor is tiny.editor and calls == [tiny.llm]
     assert "UNTRAINED" in caplog.text
+    # the CLI asks for it with one global flag, which reaches the loader
+    seen = []
+    monkeypatch.setattr(store_commands, "load_models",
+                        lambda checkpoint=None, allow_untrained=False: seen.append(allow_untrained) or tiny)
+    assert cli.main(["--store", str(tmp_path / "s"), "--allow-untrained", "list"]) == 0
+    assert cli.main(["--store", str(tmp_path / "s"), "list"]) == 0
+    assert seen == [True, False]
 
 
 def test_load_models_from_a_checkpoint_dir(tmp_path) -> None:
@@ -341,7 +342,7 @@ def test_load_models_from_a_checkpoint_dir(tmp_path) -> None:
 def test_checkpoint_option_reaches_the_loader(monkeypatch, capsys, tmp_path) -> None:
     seen = []
     tiny = shared_models()
-    monkeypatch.setattr(store_commands, "load_models", lambda checkpoint=None: seen.append(checkpoint) or tiny)
+    monkeypatch.setattr(store_commands, "load_models", lambda checkpoint=None, **kw: seen.append(checkpoint) or tiny)
     assert cli.main(["--store", str(tmp_path / "s"), "--checkpoint", "/some/ckpt", "list"]) == 0
     assert seen == ["/some/ckpt"]
 
@@ -352,7 +353,7 @@ def test_checkpoint_option_reaches_the_loader(monkeypatch, capsys, tmp_path) -> 
 def test_console_script_demo_with_real_models(tmp_path) -> None:
     """`recipe-chain demo` end to end on the real default LLM and encoder (untrained fallback
     until a checkpoint ships), as a subprocess, within the 2-minute budget."""
-    env = dict(os.environ, RECIPE_CHAIN_ALLOW_UNTRAINED="1")
+    env = dict(os.environ)
     env.setdefault("RECIPE_CHAIN_CACHE", "/tmp/rc-cache")
     start = time.perf_counter()
     proc = subprocess.run(
@@ -415,7 +416,7 @@ def test_ask_reports_the_verifier_decision(monkeypatch, capsys, tmp_path) -> Non
     verifier.probabilities = lambda qs, ss: torch.tensor(  # type: ignore[method-assign]
         [0.9 if "Darrieux" in q and "Darrieux" in s else 0.2 for q, s in zip(qs, ss)])
     m.editor.gate_verifier = verifier
-    monkeypatch.setattr(store_commands, "load_models", lambda checkpoint=None: m)
+    monkeypatch.setattr(store_commands, "load_models", lambda checkpoint=None, **kw: m)
     store = tmp_path / "store"
     for prompt, target, subject in EDITS[:3]:
         assert cli.main(["--store", str(store), "edit", prompt, target, "--subject", subject]) == 0

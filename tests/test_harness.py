@@ -28,8 +28,14 @@ from transformers import AutoTokenizer, BertModel
 from recipe_chain import RecipeEditor
 from recipe_chain.cli import build_parser, main
 from recipe_chain.data import EditExample, LocalityPrompt, load_edit_examples
-from recipe_chain.evaluation import harness as H
-from recipe_chain.evaluation.harness import EvalConfig, EvalResults, LifelongEvaluator, best_threshold, select_examples
+from recipe_chain.evaluation.config import METHODS, EvalConfig
+from recipe_chain.models import EditingModels
+from recipe_chain.evaluation.harness import LifelongEvaluator
+from recipe_chain.evaluation.resume import JOURNAL_FILE, PARTIAL_FILE
+from recipe_chain.evaluation.results import EvalResults
+from recipe_chain.evaluation.selection import select_examples
+from recipe_chain.evaluation.text_rag_baseline import TextRagTuning
+from recipe_chain.evaluation.thresholds import best_threshold
 from recipe_chain.evaluation.edited_facts import EditedFacts
 from recipe_chain.evaluation.report import markdown_report, write_report
 from recipe_chain.statement_index import SentenceEmbeddings
@@ -350,7 +356,7 @@ def test_scripted_run_every_method_uses_the_right_edit(models, tmp_path):
     assert final.counts == {"prompt": 20, "paraphrase": 20, "locality": 20, "locality_scored": 20, "general": 5,
                             "generation_examples": 20, "general_answered": 4, "locality_edited_fact": 0,
                             "chat_answered": 0}
-    assert set(final.methods) == set(H.METHODS)
+    assert set(final.methods) == set(METHODS)
     assert all(cp.counts["general_answered"] == 0 for cp in results.checkpoints[:-1])  # final T only
 
     # the RECIPE-similarity threshold separates the scripted similarities (hits >= 1.8, locality 0.5)
@@ -365,7 +371,7 @@ def test_scripted_run_every_method_uses_the_right_edit(models, tmp_path):
     assert tuning.format in ("plain", "chat") and tuning.format_scores["plain"]["score"] is not None
 
     m = final.methods
-    no, rc, ng, rag, top1, sim, orc = (m[k] for k in H.METHODS)
+    no, rc, ng, rag, top1, sim, orc = (m[k] for k in METHODS)
     # text-rag-top1 always fires; the RECIPE-similarity variant fires where the scripted gate does
     assert top1.gate.false_fire_locality == 1.0 and top1.gate.false_fire_general == 1.0
     assert top1.gate.correct_hit_prompt == 1.0
@@ -419,7 +425,7 @@ def test_scripted_run_every_method_uses_the_right_edit(models, tmp_path):
     assert paths["scale"].stat().st_size > 5_000 and paths["text_rag_dev_curve"].stat().st_size > 5_000
     text = paths["markdown"].read_text()
     assert "| `recipe` |" in text and "## Metrics against T" in text and "threshold" in text
-    assert not (tmp_path / H.PARTIAL_FILE).exists()
+    assert not (tmp_path / PARTIAL_FILE).exists()
 
 
 def test_partial_results_and_resume(models, tmp_path):
@@ -434,7 +440,7 @@ def test_partial_results_and_resume(models, tmp_path):
     )
     with pytest.raises(RuntimeError, match="simulated crash"):
         crash.run(examples, questions=QUESTIONS, out_dir=tmp_path)
-    partial = json.loads((tmp_path / H.PARTIAL_FILE).read_text())
+    partial = json.loads((tmp_path / PARTIAL_FILE).read_text())
     assert partial["complete"] is False and partial["resume"]["t_done"] == 10
     assert [c["t"] for c in partial["checkpoints"]] == [1, 5, 10]
     assert "PARTIAL" in markdown_report(EvalResults.model_validate({k: v for k, v in partial.items() if k != "resume"}))
@@ -452,12 +458,12 @@ def test_partial_results_and_resume(models, tmp_path):
     assert results.complete and [c.t for c in results.checkpoints] == [1, 5, 10, 20]
     assert results.edit_latency_s["n"] == 20 and stores["eval"].count() == 20
     # the tuning is kept, not redone; the statement index is rebuilt from the 10 edits kept
-    assert results.text_rag_tuning == H.TextRagTuning.model_validate(partial["text_rag_tuning"])
+    assert results.text_rag_tuning == TextRagTuning.model_validate(partial["text_rag_tuning"])
     assert results.text_rag_threshold is None  # text-rag-recipe-sim was not asked for
     rag = results.final.methods["text-rag"]
     assert rag.gate.correct_hit_prompt == 1.0 and rag.gate.false_fire_locality == 0.0
     assert results.wall_time_s >= partial["resume"]["wall_time_s"]
-    assert not (tmp_path / H.PARTIAL_FILE).exists()
+    assert not (tmp_path / PARTIAL_FILE).exists()
 
 
 def test_crash_in_the_final_measurement_resumes_from_the_llm_journal(models, tmp_path):
@@ -491,7 +497,7 @@ def test_crash_in_the_final_measurement_resumes_from_the_llm_journal(models, tmp
     crash_calls = counting(crash, fail_after=len(full_calls) - 2)
     with pytest.raises(RuntimeError, match="simulated crash in generation"):
         crash.run(examples, out_dir=tmp_path / "crash")
-    journal = tmp_path / "crash" / H.JOURNAL_FILE
+    journal = tmp_path / "crash" / JOURNAL_FILE
     assert len(journal.read_text().splitlines()) > 1 + len(crash_calls)  # header + outputs of every batch
     with journal.open("a") as fh:
         fh.write('{"g": ["cut by the cra')  # a line cut by the crash is ignored
@@ -580,9 +586,11 @@ def patched_cli(models, monkeypatch):
     llm, tok, editor = models
     calls = {}
 
-    def fake_models(checkpoint, llm_spec, *, allow_untrained=False):
+    def fake_models(checkpoint=None, *, llm=None, allow_untrained=False):
         calls["checkpoint"] = checkpoint
-        return llm, tok, editor, {"checkpoint": checkpoint, "trained": False}
+        return EditingModels(llm=llm_, tokenizer=tok, editor=editor, trained=False, checkpoint=checkpoint)
+
+    llm_ = llm
 
     def fake_factory(editor_, cfg, *, path=None, collection_prefix=None):
         calls["store_path"] = path
@@ -595,7 +603,7 @@ def patched_cli(models, monkeypatch):
         calls["examples"] = examples
         return examples
 
-    monkeypatch.setattr("recipe_chain.commands.evaluate.load_eval_models", fake_models)
+    monkeypatch.setattr("recipe_chain.models.load_models", fake_models)
     monkeypatch.setattr("recipe_chain.evaluation.harness.make_store_factory", fake_factory)
     monkeypatch.setattr("recipe_chain.data.load_edit_examples", load_and_remember)
     return calls
@@ -676,11 +684,11 @@ def test_cli_user_errors_exit_2(tmp_path, monkeypatch, capsys):
                  "--checkpoint", str(tmp_path / "nope")]) == 2
     assert "No RECIPE checkpoint at" in capsys.readouterr().err
     # no checkpoint shipped and none given: a clear error before any model is loaded
-    monkeypatch.setattr("recipe_chain.defaults.default_checkpoint_path", lambda: tmp_path / "none")
-    monkeypatch.setattr("recipe_chain.loading.load_default_llm", lambda: pytest.fail("must not load the LLM"))
+    monkeypatch.setattr("recipe_chain.models.default_checkpoint_path", lambda: tmp_path / "none")
+    monkeypatch.setattr("recipe_chain.models.load_default_llm", lambda: pytest.fail("must not load the LLM"))
     assert main(["eval", "--data", str(path), "--edits", "2", "--general-n", "0", "--dev-size", "1"]) == 2
     err = capsys.readouterr().err
-    assert "No RECIPE checkpoint" in err and "--allow-untrained" in err
+    assert "No shipped RECIPE checkpoint" in err and "--allow-untrained" in err
     assert main(["eval", "--data", str(path), "--edits", "2", "--resume", "--ephemeral-store"]) == 2
     assert "--resume needs" in capsys.readouterr().err
     assert main(["eval", "--data", str(path), "--edits", "2", "--resume", "--float32-queries"]) == 2
@@ -701,7 +709,7 @@ def test_end_to_end_with_the_real_store(models, tmp_path):
     assert time.perf_counter() - started < 60
     final = results.final
     assert final is not None and final.n_measured == 20 and final.n_superseded_excluded == 0
-    assert set(final.methods) == set(H.METHODS)
+    assert set(final.methods) == set(METHODS)
     for name, method in final.methods.items():
         assert all(v is None or 0.0 <= v <= 1.0 for v in _unit_values(method)), name
         assert method.reliability is not None and method.latency is not None
@@ -717,9 +725,8 @@ def test_end_to_end_with_the_real_store(models, tmp_path):
 def test_cli_resume_with_the_real_persistent_store(models, tmp_path, monkeypatch, capsys):
     """A crash after the T=4 checkpoint, then ``--resume``: the on-disk store is reused."""
     llm, tok, editor = models
-    monkeypatch.setattr("recipe_chain.commands.evaluate.load_eval_models",
-                        lambda checkpoint, llm_spec, allow_untrained=False: (llm, tok, editor,
-                                                                            {"checkpoint": None, "trained": False}))
+    monkeypatch.setattr("recipe_chain.models.load_models",
+                        lambda checkpoint=None, **kw: EditingModels(llm=llm, tokenizer=tok, editor=editor, trained=False))
     path, _ = _write_formats(tmp_path)["counterfact_flat"]
     out = tmp_path / "out"
     argv = ["eval", "--data", str(path), "--edits", "6", "--methods", "no-edit,recipe", "--general-n", "0",
@@ -735,14 +742,14 @@ def test_cli_resume_with_the_real_persistent_store(models, tmp_path, monkeypatch
     monkeypatch.setattr(LifelongEvaluator, "measure", crash_at_final)
     with pytest.raises(RuntimeError):
         main(argv)
-    assert json.loads((out / H.PARTIAL_FILE).read_text())["resume"]["t_done"] == 4
+    assert json.loads((out / PARTIAL_FILE).read_text())["resume"]["t_done"] == 4
     monkeypatch.setattr(LifelongEvaluator, "measure", real_measure)
     assert main([*argv, "--resume"]) == 0
     raw = json.loads((out / "results.json").read_text())
     assert [c["t"] for c in raw["checkpoints"]] == [2, 4, 6] and raw["edit_latency_s"]["n"] == 6
     assert raw["final"]["n_superseded_excluded"] == 0 and raw["final"]["counts"]["prompt"] == 6
     assert raw["config"]["store"] == str(out / "store")
-    assert not (out / H.PARTIAL_FILE).exists() and not (out / H.JOURNAL_FILE).exists()
+    assert not (out / PARTIAL_FILE).exists() and not (out / JOURNAL_FILE).exists()
 
 
 def test_final_sample_measures_a_seeded_subset_after_all_edits(models):
@@ -833,7 +840,7 @@ def test_quick_run_on_the_real_default_models(tmp_path, monkeypatch, capsys):
 
     assert raw["config"]["trained"] is True and raw["final"]["n_measured"] == 4
     assert Path(raw["config"]["checkpoint"]) == default_checkpoint_path()
-    assert set(raw["final"]["methods"]) == set(H.METHODS)
+    assert set(raw["final"]["methods"]) == set(METHODS)
     assert (out / "store").is_dir()
 
 
@@ -854,7 +861,7 @@ def test_chat_path_asks_through_the_template_with_the_prefix(models):
     for method in final.methods.values():
         assert method.chat_answer_accuracy is not None and method.chat_answer_accuracy_paraphrase is not None
     # the chat rows reach the LLM templated, and recipe puts its admitted edit's prompt vectors in front
-    chat_keys = {key for key in evaluator._gen_cache if key[0].startswith("<|im_start|>user")}
+    chat_keys = {key for key in evaluator.outputs.generated if key[0].startswith("<|im_start|>user")}
     with_prefix = {text for text, prefix in chat_keys if prefix is not None}
     assert len(with_prefix) == 10 and {prefix for _, prefix in chat_keys} - {None} <= {ex.statement for ex in examples}
     assert all(evaluator.text_rag.chat_text(ex.prompt) in {t for t, _ in chat_keys} for ex in examples

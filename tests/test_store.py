@@ -20,7 +20,7 @@ import torch
 
 from recipe_chain import store as store_module
 from recipe_chain.data import EditExample
-from recipe_chain.editor import RecipeEditor, scaled_dot, statement_of
+from recipe_chain.editor import RecipeEditor, scaled_dot
 from recipe_chain.errors import DuplicateEditError, EditNotFoundError, EncoderMismatchError, RecipeChainError
 from recipe_chain.gate import admits, rank, rescore
 from recipe_chain.store import (

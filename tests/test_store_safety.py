@@ -274,7 +274,7 @@ def test_option_errors(editor: RecipeEditor, tmp_path: Path) -> None:
 def cli_models(monkeypatch: pytest.MonkeyPatch) -> EditingModels:
     """The tiny models every CLI command of the test gets."""
     models = shared_models()
-    monkeypatch.setattr(store_commands, "load_models", lambda checkpoint=None: models)
+    monkeypatch.setattr(store_commands, "load_models", lambda checkpoint=None, **kw: models)
     return models
 
 

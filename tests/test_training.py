@@ -18,7 +18,8 @@ from recipe_chain.cli import build_parser, main
 from recipe_chain.errors import CheckpointMismatchError
 from recipe_chain.prefix_lm import PrefixedCausalLM
 from recipe_chain.training import LOSS_NAMES, LocalityCache, TrainingConfig, train
-from recipe_chain.training import trainer as trainer_module
+from recipe_chain.training import examples as examples_module
+from recipe_chain.training import step as step_module
 from tiny import tiny_editor
 from tiny_models import tiny_causal_lm
 
@@ -246,7 +247,7 @@ def test_chunked_lm_logits_match_one_batch() -> None:
     g = torch.Generator().manual_seed(0)
     prefixes = [torch.randn(3, 32, generator=g) * 0.02 for _ in prompts]
     whole = lm.target_logits(prompts, targets, prefixes)
-    chunked = trainer_module._lm_target_logits(lm, prompts, targets, prefixes, chunk=2)
+    chunked = step_module.lm_target_logits(lm, prompts, targets, prefixes, chunk=2)
     assert torch.equal(whole[1], chunked[1]) and torch.equal(whole[2], chunked[2])
     mask = whole[2]
     assert torch.allclose(whole[0][mask], chunked[0][mask], atol=1e-5)
@@ -286,7 +287,7 @@ def test_locality_prompt_equal_to_another_edit_prompt_shares_its_group(files, tm
     path = tmp_path / "edits.json"
     path.write_text(json.dumps(records))
     llm, tokenizer, editor = _models(files)
-    data = trainer_module._prepare(_config(files, data=[path], eval_examples=0), editor,
+    data = examples_module.prepare_data(_config(files, data=[path], eval_examples=0), editor,
                                    PrefixedCausalLM(llm, tokenizer))
     by_prompt = {ex.prompt: ex for ex in data.train}
     first, second = by_prompt[records[0]["prompt"]], by_prompt[records[1]["prompt"]]
@@ -296,24 +297,24 @@ def test_locality_prompt_equal_to_another_edit_prompt_shares_its_group(files, tm
 
 
 def test_data_order_is_a_permutation_per_epoch() -> None:
-    order = trainer_module._Order(10, seed=3)
+    order = examples_module.DataOrder(10, seed=3)
     epoch0 = [i for s in range(5) for i in order.batch(s, 2)]
     epoch1 = [i for s in range(5, 10) for i in order.batch(s, 2)]
     assert sorted(epoch0) == list(range(10)) == sorted(epoch1)
     assert epoch0 != epoch1
-    assert trainer_module._Order(10, seed=3).batch(7, 2) == order.batch(7, 2)
+    assert examples_module.DataOrder(10, seed=3).batch(7, 2) == order.batch(7, 2)
 
 
 def test_weighted_data_order_draws_each_source_by_its_weight() -> None:
     sources = [0] * 10 + [1] * 4
-    order = trainer_module._Order(14, seed=1, sources=sources, weights=[0.5, 2.0])
+    order = examples_module.DataOrder(14, seed=1, sources=sources, weights=[0.5, 2.0])
     assert order.n == 5 + 8
     epoch = [i for s in range(13) for i in order.batch(s, 1)]
     assert sum(sources[i] == 1 for i in epoch) == 8 and sorted(set(i for i in epoch if i >= 10)) == [10, 11, 12, 13]
     assert sum(sources[i] == 0 for i in epoch) == 5 and len({i for i in epoch if i < 10}) == 5  # a seeded half
     later = [i for s in range(13, 26) for i in order.batch(s, 1)]
     assert {i for i in later if i < 10} != {i for i in epoch if i < 10}  # another half next epoch
-    assert trainer_module._Order(14, seed=1, sources=sources, weights=[0.5, 2.0]).batch(20, 3) == order.batch(20, 3)
+    assert examples_module.DataOrder(14, seed=1, sources=sources, weights=[0.5, 2.0]).batch(20, 3) == order.batch(20, 3)
     with pytest.raises(ValueError, match="data_weights"):
         TrainingConfig(data=["a.json", "b.json"], data_weights=[1.0])
 
@@ -416,7 +417,7 @@ def _cli_args_for_a_saved_tiny_llm(files: dict[str, Path], tmp_path: Path) -> li
 
 @pytest.mark.parametrize("scale", [0.0, 0.25, 1.0])
 def test_prompt_key_grad_scales_only_the_gradient(scale: float) -> None:
-    from recipe_chain.training.trainer import _scale_grad
+    from recipe_chain.training.step import scale_grad as _scale_grad
 
     x = torch.randn(3, 4, requires_grad=True)
     y = _scale_grad(x, scale)
@@ -544,3 +545,21 @@ def test_cli_train_retriever_only_keeps_every_prompt_tensor(files, tmp_path: Pat
     for name in prompt_side:
         torch.testing.assert_close(third[name], second[name], rtol=0, atol=0)
     assert not torch.equal(third["encoder.query_head.proj.weight"], second["encoder.query_head.proj.weight"])
+
+
+def test_cli_train_options_come_from_the_config_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    from recipe_chain.commands.train import _OWN_OPTIONS
+
+    args = build_parser().parse_args([
+        "train", "--data", "x.json", "--llm", "default", "--out", "o", "--weight-decay", "0.01",
+        "--locality-topk", "8", "--no-freeze-retriever", "--prompt-encoder", "vocab",
+    ])
+    assert set(args.config_fields) == set(TrainingConfig.model_fields) - set(_OWN_OPTIONS)
+    assert (args.weight_decay, args.locality_topk, args.freeze_retriever, args.prompt_encoder) == (0.01, 8, False, "vocab")
+    assert args.steps is None  # left out: the config's default applies
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert " ".join(TrainingConfig.model_fields["prompt_code_dim"].description.split()).rstrip(".") in help_text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--data", "x", "--llm", "default", "--out", "o", "--prompt-encoder", "x"])

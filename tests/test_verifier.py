@@ -18,7 +18,7 @@ from recipe_chain.training.verifier_data import (
     load_verifier_sources,
     statement_queries,
 )
-from recipe_chain.training.verifier_trainer import VerifierTrainingConfig, train_verifier, tune_threshold
+from recipe_chain.training.verifier_trainer import VerifierTrainingConfig, train_verifier
 from recipe_chain.training.verifier_data import VerifierPair
 from recipe_chain.verifier import EditVerifier
 from tiny import tiny_backbone_dir

@@ -60,13 +60,12 @@ print(f"budget: {BUDGET}; {N_EDITS} edits; scratch directory: {WORKDIR}")
 # prompt encoder (keys to continuous prompts).
 
 # %%
-from recipe_chain import load_default_llm
+from recipe_chain import load_models
 from recipe_chain.data import load_edit_examples, load_questions
 from recipe_chain.demo import find_shared_data
-from recipe_chain.defaults import load_default_editor
 
-model, tokenizer = load_default_llm()
-editor = load_default_editor(model)
+models = load_models()  # the default LLM and the checkpoint shipped for it
+model, tokenizer, editor = models.llm, models.tokenizer, models.editor
 print("LLM:", editor.config.llm_id, "| encoder:", editor.config.backbone_id, "| prompt_len:", editor.config.prompt_len)
 
 examples = load_edit_examples(find_shared_data("counterfact/eval.json"))

@@ -57,13 +57,12 @@ if not harness_log.handlers:
 # ## Models and data
 
 # %%
-from recipe_chain import load_default_llm
+from recipe_chain import load_models
 from recipe_chain.data import load_edit_examples, load_questions
 from recipe_chain.demo import find_shared_data
-from recipe_chain.defaults import load_default_editor
 
-model, tokenizer = load_default_llm()
-editor = load_default_editor(model)
+models = load_models()  # the default LLM and the checkpoint shipped for it
+model, tokenizer, editor = models.llm, models.tokenizer, models.editor
 examples = load_edit_examples(find_shared_data("counterfact/eval.json"))
 questions = load_questions(find_shared_data("general/nq-open.jsonl"), limit=N_GENERAL)
 print(f"{len(examples)} CounterFact examples, {len(questions)} NQ-open questions")

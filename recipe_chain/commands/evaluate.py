@@ -25,7 +25,6 @@ for a randomly initialised editor (smoke runs only).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import subprocess
@@ -35,7 +34,7 @@ from typing import Any
 
 from recipe_chain.commands.argtypes import non_negative_int, positive_int
 
-__all__ = ["register", "run_eval", "load_eval_models", "config_from_args", "QUICK_SETTINGS"]
+__all__ = ["register", "run_eval", "config_from_args", "QUICK_SETTINGS"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _methods(values: list[str]) -> tuple[str, ...]:
-    from recipe_chain.evaluation.harness import METHODS
+    from recipe_chain.evaluation.config import METHODS
 
     names = [part for value in values for part in value.replace(" ", "").split(",") if part]
     unknown = [n for n in names if n not in METHODS]
@@ -98,8 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--llm", default=None, metavar="default|PATH",
                    help="The LLM: 'default' (SmolLM2-135M-Instruct) or a local HF directory / GGUF file "
                    "(default: the checkpoint's LLM).")
-    p.add_argument("--allow-untrained", action="store_true",
-                   help="Without any checkpoint, use a randomly initialised editor (smoke runs only).")
+    p.add_argument("--allow-untrained", action="store_true", default=argparse.SUPPRESS,
+                   help="Without any checkpoint, use a randomly initialised editor (smoke runs only; also "
+                   "accepted before the subcommand).")
     p.add_argument("--dev-size", type=non_negative_int, default=None, metavar="N",
                    help="Dev examples for the text-RAG threshold (default 200).")
     p.add_argument("--dev-data", default=None, metavar="FILE",
@@ -167,13 +167,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):  # noqa: ANN201
-    """The :class:`~recipe_chain.evaluation.harness.EvalConfig` an argument namespace describes.
+    """The :class:`~recipe_chain.evaluation.config.EvalConfig` an argument namespace describes.
 
     Raises:
         ValueError: ``--edits`` missing (without ``--quick``), an unknown method, or an
             out-of-range setting.
     """
-    from recipe_chain.evaluation.harness import EvalConfig
+    from recipe_chain.evaluation.config import EvalConfig
 
     values: dict[str, Any] = {}
     if args.quick:
@@ -206,84 +206,9 @@ def _git_commit() -> str | None:
 
 
 def _file_info(path: Path, **extra: Any) -> dict[str, Any]:
-    from recipe_chain.evaluation.harness import file_sha256
+    from recipe_chain.evaluation.selection import file_sha256
 
     return {"path": str(path), "sha256": file_sha256(path), **extra}
-
-
-def load_eval_models(
-    checkpoint: str | None, llm_spec: str | None, *, allow_untrained: bool = False
-) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """The LLM, its tokenizer and the RECIPE editor for an evaluation run.
-
-    Args:
-        checkpoint: A checkpoint directory, or ``None`` for the one shipped in the package.
-        llm_spec: ``"default"``, a local model path, or ``None`` for the checkpoint's LLM.
-        allow_untrained: Without any checkpoint, use an untrained editor instead of failing.
-
-    Returns:
-        ``(llm, tokenizer, editor, info)`` with ``info`` = ``{"checkpoint", "trained"}``.
-
-    Raises:
-        FileNotFoundError: No checkpoint (and not ``allow_untrained``), or a missing path.
-        CheckpointMismatchError: The checkpoint was trained for another LLM, or its LLM
-            cannot be found.
-    """
-    from recipe_chain.defaults import default_checkpoint_path
-    from recipe_chain.editor import RecipeEditor
-    from recipe_chain.errors import CheckpointMismatchError
-    from recipe_chain.loading import DEFAULT_LLM_ID, GEMMA3_270M_ID, load_default_llm, load_gemma3_270m, load_llm
-
-    ckpt: Path | None = None
-    if checkpoint is not None:
-        ckpt = Path(checkpoint).expanduser()
-        if not (ckpt / "config.json").is_file():
-            raise FileNotFoundError(f"No RECIPE checkpoint at {ckpt} (missing config.json)")
-    elif (default_checkpoint_path() / "config.json").is_file():
-        ckpt = default_checkpoint_path()
-    if ckpt is None and not allow_untrained:  # fail before loading any model
-        raise FileNotFoundError(
-            f"No RECIPE checkpoint: none is shipped at {default_checkpoint_path()} and no --checkpoint DIR was given. "
-            "Train one with `recipe-chain train --data ../shared/data/counterfact/train.json --llm default --out DIR` "
-            "and pass --checkpoint DIR/checkpoint, or add --allow-untrained for a smoke run "
-            "(its numbers are meaningless)."
-        )
-
-    def by_spec(spec: str):  # noqa: ANN202
-        if spec == "default":
-            return load_default_llm()
-        path = Path(spec).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"--llm: no model at {path} (give 'default' or a local model path)")
-        return load_llm(path)
-
-    if llm_spec is not None:
-        llm, tokenizer = by_spec(llm_spec)
-    elif ckpt is not None:
-        try:
-            llm_id = str(json.loads((ckpt / "config.json").read_text())["llm_id"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointMismatchError(f"{ckpt / 'config.json'} is not a RECIPE checkpoint config: {exc}") from None
-        if llm_id == DEFAULT_LLM_ID:
-            llm, tokenizer = load_default_llm()
-        elif llm_id == GEMMA3_270M_ID:
-            llm, tokenizer = load_gemma3_270m()
-        elif Path(llm_id).expanduser().exists():
-            llm, tokenizer = load_llm(llm_id)
-        else:
-            raise CheckpointMismatchError(
-                f"The checkpoint {ckpt} was trained for LLM {llm_id!r}, which is not packaged and not a local path; "
-                "pass --llm PATH"
-            )
-    else:
-        llm, tokenizer = load_default_llm()
-
-    if ckpt is not None:
-        editor = RecipeEditor.from_pretrained(ckpt, llm=llm)
-        return llm, tokenizer, editor, {"checkpoint": str(ckpt), "trained": True}
-    logger.warning("No RECIPE checkpoint: evaluating an UNTRAINED editor (smoke run; the numbers are meaningless)")
-    editor = RecipeEditor.from_backbone(llm, seed=0)
-    return llm, tokenizer, editor, {"checkpoint": None, "trained": False}
 
 
 def _command_line(args: argparse.Namespace, cfg: Any, out: Path, checkpoint: str | None) -> str:
@@ -306,7 +231,7 @@ def _command_line(args: argparse.Namespace, cfg: Any, out: Path, checkpoint: str
         parts += ["--t-grid", ",".join(map(str, args.t_grid))]
     for flag in ("quick", "allow_untrained", "ephemeral_store", "resume", "no_plots", "no_progress", "float32_queries",
                  "int8_statements", "chat_path"):
-        if getattr(args, flag):
+        if getattr(args, flag, False):
             parts.append(f"--{flag.replace('_', '-')}")
     parts += ["--out", str(out)]
     return shlex.join(parts)
@@ -319,6 +244,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from recipe_chain.data import load_edit_examples, load_questions
     from recipe_chain.evaluation.harness import LifelongEvaluator, make_store_factory
     from recipe_chain.evaluation.report import markdown_report, write_report
+    from recipe_chain.models import load_models
 
     started = time.perf_counter()
     cfg = config_from_args(args)
@@ -361,7 +287,9 @@ def run_eval(args: argparse.Namespace) -> int:
     )
 
     checkpoint = getattr(args, "checkpoint", None)
-    llm, tokenizer, editor, model_info = load_eval_models(checkpoint, args.llm, allow_untrained=args.allow_untrained)
+    models = load_models(checkpoint, llm=args.llm, allow_untrained=getattr(args, "allow_untrained", False))
+    llm, tokenizer, editor = models.llm, models.tokenizer, models.editor
+    model_info = {"checkpoint": models.checkpoint, "trained": models.trained}
     editor.int8_queries = not args.float32_queries
     editor.int8_statements = bool(args.int8_statements)
     factory = make_store_factory(editor, cfg, path=None if args.ephemeral_store else out / "store")

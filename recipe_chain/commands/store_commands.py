@@ -3,7 +3,7 @@
 Every command opens the knowledge store named by the global options: ``--store PATH``
 (an embedded Chroma store, default ``./recipe-store``) or ``--server URL`` (a Chroma
 server; a bearer token is read from ``$RECIPE_CHAIN_SERVER_TOKEN`` when set), and the
-``--namespace``. Models come from :func:`recipe_chain.demo.load_models` (the default LLM
+``--namespace``. Models come from :func:`recipe_chain.models.load_models` (the default LLM
 and the shipped checkpoint, or ``--checkpoint DIR``).
 
 Handlers raise ``ValueError``/``RecipeChainError``/``FileNotFoundError``/``KeyError`` on
@@ -23,7 +23,8 @@ from typing import Any
 from recipe_chain.commands.argtypes import positive_int
 from recipe_chain.commands.terminal import terminal_safe
 from recipe_chain.data import DATA_FORMATS, iter_records, load_edit_examples
-from recipe_chain.demo import DemoReport, load_models, run_demo
+from recipe_chain.demo import DemoReport, run_demo
+from recipe_chain.models import load_models
 from recipe_chain.errors import RecipeChainError, StoreBusyError
 
 __all__ = ["register", "open_store", "load_models", "format_table", "format_demo_report"]
@@ -78,7 +79,7 @@ def _models(args: argparse.Namespace) -> Any:
     """Models for a command; checks the cheap options first, so bad input fails before loading."""
     _check_store_options(args)
     # Looked up through the module global so tests can monkeypatch ``load_models``.
-    return load_models(getattr(args, "checkpoint", None))
+    return load_models(getattr(args, "checkpoint", None), allow_untrained=getattr(args, "allow_untrained", False))
 
 
 def _non_empty(value: str, what: str) -> str:
@@ -273,7 +274,7 @@ def format_demo_report(report: DemoReport, width: int = 24) -> str:
     headers = ["KIND", "QUESTION", "NEW / REF", "BEFORE (plain)", "FIRED hit>KS / P", "AFTER (RECIPE)", "CTX", "TEXT RAG"]
     lines = []
     if not report.trained:
-        lines.append("WARNING: UNTRAINED editor (no shipped checkpoint; RECIPE_CHAIN_ALLOW_UNTRAINED=1): "
+        lines.append("WARNING: UNTRAINED editor (no shipped checkpoint; --allow-untrained): "
                      "retrieval, gate and prompt vectors are random.")
     lines.append(f"LLM: {report.llm_id}   checkpoint: {report.checkpoint or 'untrained fallback'}")
     lines.append("Edits imported:")

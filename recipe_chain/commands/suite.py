@@ -66,7 +66,7 @@ def run_suite_command(args: argparse.Namespace) -> int:
     """Handler of ``recipe-chain eval-suite``; returns the exit code."""
     import torch
 
-    from recipe_chain.commands.evaluate import load_eval_models
+    from recipe_chain.models import load_models
     from recipe_chain.evaluation.suite import SuiteSettings, default_sets, run_suite, summary_markdown
 
     started = time.perf_counter()
@@ -99,7 +99,9 @@ def run_suite_command(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     checkpoint = getattr(args, "checkpoint", None)
-    llm, tokenizer, editor, info = load_eval_models(checkpoint, args.llm)
+    models = load_models(checkpoint, llm=args.llm, allow_untrained=getattr(args, "allow_untrained", False))
+    llm, tokenizer, editor = models.llm, models.tokenizer, models.editor
+    info = {"checkpoint": models.checkpoint, "trained": models.trained}
     parts = ["recipe-chain", "eval-suite", "--out", args.out]
     for flag in ("data_dir", "sets", "methods", "edits", "final_sample", "gen_sample", "general_n", "portability_cases",
                  "latency_samples", "llm", "threads"):

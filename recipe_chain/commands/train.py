@@ -17,46 +17,16 @@ import time
 from pathlib import Path
 
 from recipe_chain.commands.argtypes import positive_int
+from recipe_chain.commands.model_options import add_model_options, model_values
+from recipe_chain.training.config import TrainingConfig
 
 __all__ = ["register", "run_train", "config_from_args"]
 
 logger = logging.getLogger(__name__)
 
-# CLI option dest -> TrainingConfig field, for the options that map one to one.
-_FIELDS = (
-    "steps",
-    "batch_size",
-    "lr",
-    "backbone_lr",
-    "prompt_lr",
-    "weight_reliability",
-    "weight_generality",
-    "weight_locality",
-    "weight_retrieval",
-    "weight_sentinel",
-    "weight_prompt_tokens",
-    "prompt_len",
-    "prompt_encoder",
-    "prompt_context_len",
-    "prompt_target_slots",
-    "prompt_code_dim",
-    "prompt_key_grad",
-    "freeze_retriever",
-    "rep_dim",
-    "backbone_tuning",
-    "seed",
-    "device",
-    "threads",
-    "data_limit",
-    "extra_locality_skip",
-    "extra_locality_per_batch",
-    "eval_examples",
-    "eval_interval",
-    "checkpoint_interval",
-    "key_queue_size",
-    "margin",
-    "warmup_steps",
-)
+# TrainingConfig fields the command reads its own way: the files (``--data FILE[:WEIGHT]``,
+# ``--extra-locality``), the hinge ("none" turns it off), and what --init-from decides.
+_OWN_OPTIONS = ("data", "data_weights", "extra_locality", "editor_options", "tie_head_init", "hinge_threshold")
 
 
 def _hinge(value: str) -> float | None:
@@ -85,50 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="Run directory (checkpoint, logs, plot).")
     p.add_argument("--extra-locality", action="append", default=None, metavar="FILE",
                    help="NQ-open style questions used as extra locality queries (repeatable).")
-    p.add_argument("--extra-locality-skip", type=int, default=None, metavar="N",
-                   help="Skip the first N questions of each --extra-locality file (default 1000: they are "
-                   "the evaluation's false-fire set).")
-    p.add_argument("--extra-locality-per-batch", type=int, default=None, metavar="N")
-    p.add_argument("--data-limit", type=int, default=None, metavar="N", help="Read at most N records per file.")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="Learning rate of the query/knowledge heads and sentinel.")
-    p.add_argument("--prompt-lr", type=float, default=None, help="Learning rate of the prompt encoder.")
-    p.add_argument("--backbone-lr", type=float, default=None, help="Learning rate of the backbone adapter.")
-    p.add_argument("--warmup-steps", type=int, default=None)
-    for name in ("reliability", "generality", "locality", "retrieval", "sentinel", "prompt-tokens"):
-        p.add_argument(f"--weight-{name}", type=float, default=None, metavar="W", help=f"Weight of the {name} loss.")
     p.add_argument("--hinge-threshold", type=_hinge, default=argparse.SUPPRESS, metavar="P|none",
-                   help="Stop the retrieval/sentinel loss of rows whose correct class has probability > P.")
-    p.add_argument("--margin", type=float, default=None, help="Additive margin on the correct retrieval class.")
-    p.add_argument("--key-queue-size", type=int, default=None, metavar="N",
-                   help="Detached recent statement keys used as extra negatives (0: off).")
-    p.add_argument("--prompt-len", type=int, default=None, help="Continuous prompt vectors per edit.")
-    p.add_argument("--prompt-encoder", choices=("vocab", "mlp"), default=None,
-                   help="'mlp' (default): the paper's MLP; 'vocab': context vectors + slots mixing the LLM's "
-                   "token embeddings.")
-    p.add_argument("--prompt-context-len", type=int, default=None, metavar="N",
-                   help="Context vectors in front of the token slots ('vocab' encoder).")
-    p.add_argument("--prompt-target-slots", type=int, default=None, metavar="N",
-                   help="Follow the key's vectors with the first N LLM tokens of the edit's own target ('vocab' "
-                   "encoder; default 0: every token slot is decoded from the key).")
-    p.add_argument("--prompt-code-dim", type=int, default=None, metavar="N",
-                   help="Give each key a prompt code of this width from its own head: retrieval ignores it and "
-                   "the prompt encoder reads only it (default 0: the prompt encoder reads the whole key).")
-    p.add_argument("--freeze-retriever", action="store_true", default=None,
-                   help="Train only the prompt encoder and the prompt-code head; the backbone, heads and sentinel "
-                   "stay as given (use with --init-encoder-from).")
-    p.add_argument("--prompt-key-grad", type=float, default=None, metavar="S",
-                   help="Scale of the LLM-side losses' gradient into the keys (0: detached; default 1).")
-    p.add_argument("--rep-dim", type=int, default=None, help="Width of keys, queries and the sentinel.")
-    p.add_argument("--backbone-tuning", choices=("frozen", "lora", "full"), default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
-                   help="'auto' (default) uses a GPU when one is present.")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
-    p.add_argument("--eval-examples", type=int, default=None, metavar="N")
-    p.add_argument("--eval-interval", type=int, default=None, metavar="STEPS")
-    p.add_argument("--checkpoint-interval", type=int, default=None, metavar="STEPS")
+                   help="Stop the retrieval/sentinel loss of rows whose correct class has probability > P "
+                   "(default 0.95; none: never).")
+    p.set_defaults(config_fields=add_model_options(p, TrainingConfig, skip=_OWN_OPTIONS))
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="Start a new run from this checkpoint's weights (e.g. a second phase with other loss "
                    "settings); its architecture is kept. A run resumed from --out ignores it.")
@@ -149,7 +79,6 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
         pydantic.ValidationError: An option is out of range (a ``ValueError``).
     """
     from recipe_chain.data import check_trainable
-    from recipe_chain.training import TrainingConfig
 
     files, weights = zip(*(_file_and_weight(spec) for spec in args.data))
     for path in files:
@@ -157,7 +86,7 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
     for path in [*files, *(args.extra_locality or [])]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"No data file at {path}")
-    fields = {name: getattr(args, name) for name in _FIELDS if getattr(args, name) is not None}
+    fields = model_values(args, args.config_fields)
     if hasattr(args, "hinge_threshold"):
         fields["hinge_threshold"] = args.hinge_threshold
     if any(w is not None for w in weights):

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import time
-from pathlib import Path
 
 from recipe_chain.commands.argtypes import positive_int
 

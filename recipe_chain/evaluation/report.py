@@ -28,7 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from recipe_chain.evaluation.harness import CheckpointResult, EvalResults, MethodMetrics
+from recipe_chain.plots import plots_available
+from recipe_chain.evaluation.results import CheckpointResult, EvalResults, MethodMetrics
 
 __all__ = [
     "PLOTTED_METRICS",
@@ -462,7 +463,7 @@ def write_report(results: EvalResults, out_dir: str | os.PathLike[str], *, plots
 
     Returns:
         ``{"json", "markdown", "metrics_vs_T", "gate_latency"}`` -> written paths (plots
-        only when drawn).
+        only when drawn: matplotlib is an optional dependency).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -471,7 +472,7 @@ def write_report(results: EvalResults, out_dir: str | os.PathLike[str], *, plots
         "markdown": out / "results.md",
     }
     paths["markdown"].write_text(markdown_report(results))
-    if plots:
+    if plots and plots_available("the report's PNG plots"):
         paths["metrics_vs_T"] = plot_metrics_vs_t(results, out / "metrics_vs_T.png")
         if len(results.checkpoints) > 1:
             paths["scale"] = plot_scale(results, out / "locality_and_false_fires_vs_T.png")

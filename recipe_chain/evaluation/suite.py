@@ -30,16 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from recipe_chain.data import EditExample, LocalityPrompt, load_edit_examples, load_questions, split_by_subject
-from recipe_chain.evaluation.harness import (
-    PARTIAL_FILE,
-    EvalConfig,
-    EvalResults,
-    LifelongEvaluator,
-    Method,
-    QuestionMetrics,
-    file_sha256,
-    make_store_factory,
-)
+from recipe_chain.evaluation.config import EvalConfig, Method
+from recipe_chain.evaluation.harness import LifelongEvaluator, make_store_factory
+from recipe_chain.evaluation.results import EvalResults, QuestionMetrics
+from recipe_chain.evaluation.resume import PARTIAL_FILE
+from recipe_chain.evaluation.selection import file_sha256
 from recipe_chain.evaluation.portability import load_portability_cases
 from recipe_chain.evaluation.report import write_report
 from recipe_chain.store import normalize_prompt
@@ -76,7 +71,7 @@ class SuiteSet(BaseModel):
 
 
 class SuiteSettings(BaseModel):
-    """Settings shared by every set (see :class:`~recipe_chain.evaluation.harness.EvalConfig`)."""
+    """Settings shared by every set (see :class:`~recipe_chain.evaluation.config.EvalConfig`)."""
 
     model_config = ConfigDict(frozen=True)
 

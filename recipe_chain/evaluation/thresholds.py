@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ThresholdPoint", "TunedThreshold", "tune_balanced_threshold"]
+__all__ = ["ThresholdPoint", "TunedThreshold", "tune_balanced_threshold", "best_threshold", "THRESHOLD_PROCEDURE"]
 
 
 class ThresholdPoint(BaseModel):
@@ -122,4 +123,74 @@ def tune_balanced_threshold(
         n_positive=len(pos),
         n_negative=len(neg),
         curve=curve,
+    )
+
+
+THRESHOLD_PROCEDURE = (
+    "text-rag-recipe-sim admits the store's top-1 edit iff its RECIPE similarity q.k/sqrt(d) >= threshold. "
+    "The threshold is tuned on a dev split disjoint from the T evaluated examples (no shared prompt): "
+    "the D dev statements are edited into a separate, temporary store namespace, every dev prompt, "
+    "paraphrase and locality prompt is gated once, and over the observed top-1 similarities the "
+    "threshold maximising (share of dev prompts/paraphrases whose top-1 is their own edit and is "
+    "admitted + share of dev locality prompts not admitted) / 2 is chosen (lowest on ties), then moved "
+    "halfway down to the next lower observed similarity (same dev decisions, a margin for unseen "
+    "queries). 'Always admit' is stored as min - 1, 'never' as max + 1. Caveat: the dev store holds D "
+    "edits while the evaluated store holds T; similarities of the best unrelated edit grow with store size."
+)
+
+
+def best_threshold(
+    hit_sims: Sequence[float], hit_correct: Sequence[bool], nonhit_sims: Sequence[float]
+) -> tuple[float, float, float | None, float | None]:
+    """The text-RAG admission threshold that best separates dev queries.
+
+    A query is admitted iff its top-1 similarity ``>= threshold``. Success on a query that
+    should hit: its top-1 is correct and admitted; on one that should not: not admitted.
+
+    Args:
+        hit_sims: Top-1 similarity of each dev prompt/paraphrase.
+        hit_correct: Whether that top-1 is the query's own edit.
+        nonhit_sims: Top-1 similarity of each dev locality prompt.
+
+    Returns:
+        ``(threshold, objective, hit_accuracy, non_fire)`` where ``objective`` is the mean
+        of the two accuracies that exist (see :data:`THRESHOLD_PROCEDURE`).
+
+    Raises:
+        ValueError: If there are no similarities at all, or the lengths disagree.
+
+    Example:
+        >>> best_threshold([3.0, 2.0], [True, True], [1.0])[:2]
+        (1.5, 1.0)
+    """
+    if len(hit_sims) != len(hit_correct):
+        raise ValueError("hit_sims and hit_correct differ in length")
+    observed = sorted(set(float(s) for s in [*hit_sims, *nonhit_sims]))
+    if not observed:
+        raise ValueError("no dev similarities to tune a threshold on")
+    correct = torch.tensor(sorted(float(s) for s, c in zip(hit_sims, hit_correct) if c), dtype=torch.float64)
+    negatives = torch.tensor(sorted(float(s) for s in nonhit_sims), dtype=torch.float64)
+    candidates = torch.tensor([*observed, observed[-1] + 1.0], dtype=torch.float64)  # last: never admit
+    parts = []
+    hit_acc = non_fire = None
+    if hit_sims:
+        admitted_correct = len(correct) - torch.searchsorted(correct, candidates, right=False)  # sims >= tau
+        hit_acc = admitted_correct.double() / len(hit_sims)
+        parts.append(hit_acc)
+    if len(negatives):
+        non_fire = torch.searchsorted(negatives, candidates, right=False).double() / len(negatives)  # sims < tau
+        parts.append(non_fire)
+    objective = torch.stack(parts).mean(0)
+    best = int(torch.argmax(objective))  # first maximum: the lowest threshold
+    if best == len(observed):
+        value = observed[-1] + 1.0
+    elif best == 0:
+        value = observed[0] - 1.0
+    else:
+        value = (observed[best - 1] + observed[best]) / 2
+    return (
+        float(value),
+        float(objective[best]),
+        None if hit_acc is None else float(hit_acc[best]),
+        None if non_fire is None else float(non_fire[best]),
     )

@@ -16,7 +16,8 @@ from recipe_chain.training.losses import (
     target_nll,
     topk_kl,
 )
-from recipe_chain.training.trainer import LOSS_NAMES, TrainingConfig, TrainResult, train
+from recipe_chain.training.config import LOSS_NAMES, TrainingConfig, TrainResult
+from recipe_chain.training.trainer import train
 
 __all__ = [
     "TrainingConfig",
