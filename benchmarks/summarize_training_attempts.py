@@ -2,7 +2,7 @@
 
 Each attempt is a ``recipe-chain train`` run whose ``metrics.jsonl`` and
 ``training_config.json`` were copied to ``benchmarks/results/training/attempts/`` as
-``NAME.jsonl`` / ``NAME.training_config.json``; the shipped checkpoint's two phases are
+``NAME.jsonl`` / ``NAME.training_config.json``; the first shipped checkpoint's two phases are
 ``benchmarks/results/training/metrics.jsonl`` and ``phase2/metrics.jsonl``. The held-out sanity eval (64 training-set
 edits never trained on) gives: the own edit retrieved top-1 for its prompt / paraphrase,
 locality prompts rejected by the sentinel, and the teacher-forced token accuracy of the
