@@ -571,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             def open_store(namespace: str, _path: Path = workdir / "embedded") -> Any:
                 return RecipeKnowledgeStore(editor, path=_path, namespace=namespace, write_behind=args.write_behind)
         else:
-            from integrations.chroma_server import ChromaServer
+            from recipe_chain.integrations.chroma_server import ChromaServer
 
             server = ChromaServer(workdir / "server", startup_timeout=120).start()
 

@@ -1,17 +1,11 @@
-"""Optional adapters to engines that run outside the Python process.
+"""The adapters of :mod:`recipe_chain.integrations`, importable as ``integrations`` from a checkout.
 
-Nothing here is imported by :mod:`recipe_chain` itself, and importing this
-package has no side effects: each adapter imports its third-party dependency
-(e.g. ``chromadb``) only when it is used.
-
-Example:
-    >>> from integrations import ChromaServer
-    >>> with ChromaServer("./chroma-data") as server:  # doctest: +SKIP
-    ...     client = server.client()
+The installed package holds them as ``recipe_chain.integrations`` (a top-level
+``integrations`` would collide in site-packages); import them from there.
 """
 
 from __future__ import annotations
 
-from integrations.chroma_server import ChromaServer, ChromaServerError, connect
+from recipe_chain.integrations import ChromaServer, ChromaServerError, connect
 
 __all__ = ["ChromaServer", "ChromaServerError", "connect"]

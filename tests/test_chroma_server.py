@@ -1,4 +1,4 @@
-"""Tests for integrations.chroma_server against a real ``chroma run`` process.
+"""Tests for recipe_chain.integrations.chroma_server against a real ``chroma run`` process.
 
 One server is shared by the module (startup costs about a second and a half);
 the restart test stops and restarts that same server, so it stays usable for
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from integrations.chroma_server import ChromaServer, ChromaServerError, connect
+from recipe_chain.integrations.chroma_server import ChromaServer, ChromaServerError, connect
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(180)]
 
@@ -182,7 +182,7 @@ def test_startup_timeout_kills_process_group(tmp_path: Path) -> None:
 def test_server_is_stopped_when_python_exits(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
-        from integrations.chroma_server import ChromaServer
+        from recipe_chain.integrations.chroma_server import ChromaServer
         srv = ChromaServer({str(tmp_path / "data")!r}).start()
         print(srv.pid, srv.port, flush=True)
         """

@@ -370,7 +370,7 @@ def test_console_script_demo_with_real_models(tmp_path) -> None:
 @pytest.mark.server
 @pytest.mark.timeout(180)
 def test_commands_against_a_chroma_server(run, tmp_path, monkeypatch) -> None:
-    from integrations import ChromaServer
+    from recipe_chain.integrations import ChromaServer
 
     monkeypatch.setenv(store_commands.SERVER_TOKEN_ENV, "cli-token")
     with ChromaServer(tmp_path / "server-data", auth_token="cli-token") as server:

@@ -56,7 +56,7 @@ def mirror(llm, backbone_dir: Path) -> RecipeEditor:
 
 @pytest.fixture(scope="module")
 def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from integrations.chroma_server import ChromaServer
+    from recipe_chain.integrations.chroma_server import ChromaServer
 
     server = ChromaServer(tmp_path_factory.mktemp("chroma-server"), startup_timeout=90)
     server.start()

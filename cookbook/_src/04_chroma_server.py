@@ -4,12 +4,12 @@
 # **What you will learn**
 #
 # - how to start a real Chroma server (`chroma run`) from Python with the
-#   `integrations.ChromaServer` adapter, and connect knowledge stores to it with
+#   `recipe_chain.integrations.ChromaServer` adapter, and connect knowledge stores to it with
 #   `client=server.client()`;
 # - how namespaces keep two teams' knowledge bases apart: each namespace is its own
 #   Chroma collection, so one team's edits never reach the other team's answers, even
 #   when both edit the same fact differently;
-# - how another process would connect (`integrations.connect(url)`);
+# - how another process would connect (`recipe_chain.integrations.connect(url)`);
 # - how to shut the server down cleanly.
 #
 # **How long it takes on a CPU** (2 cores): about 30 seconds with the full budget, about
@@ -57,7 +57,7 @@ print(f"budget: {BUDGET}; scratch directory: {WORKDIR}")
 # Python process exits.)
 
 # %%
-from integrations.chroma_server import ChromaServer, connect
+from recipe_chain.integrations.chroma_server import ChromaServer, connect
 
 server = ChromaServer(WORKDIR / "chroma-data")
 server.start()

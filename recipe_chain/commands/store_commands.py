@@ -53,7 +53,7 @@ def open_store(args: argparse.Namespace, editor: Any, *, reading: bool = False) 
     server = getattr(args, "server", None)
     path = getattr(args, "store", None)
     if server:
-        from integrations import connect
+        from recipe_chain.integrations import connect
 
         try:
             client = connect(server, auth_token=os.environ.get(SERVER_TOKEN_ENV) or None)
