@@ -191,20 +191,13 @@ def assemble(
             assert target is not None
             acc = tf_out[(plan.text, target, plan.prefix)].token_accuracy
             correct[r.kind].append(is_own)
-            if r.kind == "prompt":
-                rel.add(r.example, acc)
-                if with_output:
-                    em_p.add(r.example, M.exact_match(output, target))
-                    ans_p.add(r.example, A.answer_correct(output, target, old_target=r.old))
-                if is_own:
-                    rel_ok.append(acc)
-            else:
-                gen.add(r.example, acc)
-                if with_output:
-                    em_g.add(r.example, M.exact_match(output, target))
-                    ans_g.add(r.example, A.answer_correct(output, target, old_target=r.old))
-                if is_own:
-                    gen_ok.append(acc)
+            token_acc, em, ans, given_hit = (rel, em_p, ans_p, rel_ok) if r.kind == "prompt" else (gen, em_g, ans_g, gen_ok)
+            token_acc.add(r.example, acc)
+            if with_output:
+                em.add(r.example, M.exact_match(output, target))
+                ans.add(r.example, A.answer_correct(output, target, old_target=r.old))
+            if is_own:
+                given_hit.append(acc)
         elif r.edited_fact:  # firing is right here: only the all-prompts Locality counts it
             if target is not None:
                 edited = tf_out[(plan.text, target, plan.prefix)].argmax_ids
